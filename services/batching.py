@@ -1,0 +1,211 @@
+"""Dynamic batcher: one per model version.
+
+Requests queue in a bounded deque. A batch starts at once when a run slot is free, so a
+lone request waits for nothing; while batches are running, arrivals pile up and the next
+batch takes all of them (up to max_batch_size). max_queue_delay only applies under load:
+with a slot free and another batch still running, a partial batch may wait that long for
+company. Merging, ONNX Runtime and splitting run on a worker thread, off the event loop.
+Every future is resolved: a failed batch fails only its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.errors import DeadlineExpired, QueueFull, ServingError, Unavailable
+from services.merge import BatchLayout
+from services.metrics import ModelMetrics
+from services.runtime import ModelSession
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Tensors
+    rows: int
+    length: int  # sequence axis length, 0 when the model has none
+    shape_key: tuple[tuple[int, ...], ...]  # requests batch together only when equal
+    future: asyncio.Future[Tensors]
+    enqueued: float
+    deadline: float | None  # time.monotonic() value, None for no deadline
+
+
+class BatchFailed(ServingError):
+    """The batch's ONNX Runtime run failed: a server fault, reported as INTERNAL."""
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        session: ModelSession,
+        layout: BatchLayout,
+        executor: Executor,
+        metrics: ModelMetrics,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        max_in_flight: int,
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._layout = layout
+        self._executor = executor
+        self.metrics = metrics
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queue_delay_s = max(0.0, max_queue_delay_s)
+        self._max_queue = max_queue_size
+        self._max_in_flight = max(1, max_in_flight)
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or self._in_flight > 0
+
+    async def infer(self, inputs: Tensors, rows: int, deadline: float | None) -> Tensors:
+        """Queue one request (any number of rows) and wait for its outputs."""
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is draining or unloading")
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(
+                f"model {self.name!r} queue is full ({self._max_queue} requests waiting); "
+                "retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExpired("deadline passed before the request was queued")
+        padded = self._layout.padded_inputs
+        pending = _Pending(
+            inputs=inputs,
+            rows=rows,
+            length=self._layout.length_of(inputs),
+            shape_key=tuple(v.shape[1:] for k, v in inputs.items() if k not in padded),
+            future=loop.create_future(),
+            enqueued=now,
+            deadline=deadline,
+        )
+        self._queue.append(pending)
+        self.metrics.queue_depth.inc()
+        self._dispatch()
+        return await pending.future
+
+    def _dispatch(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            if self._should_wait():
+                return
+            batch = self._take_batch()
+            if batch:
+                self._start(batch)
+
+    def _should_wait(self) -> bool:
+        """Under load, let a partial batch wait up to max_queue_delay for more requests."""
+        if self.max_queue_delay_s <= 0 or self._in_flight == 0:
+            return False
+        if sum(p.rows for p in self._queue) >= self.max_batch_size:
+            return False
+        due = self._queue[0].enqueued + self.max_queue_delay_s
+        remaining = due - time.monotonic()
+        if remaining <= 0:
+            return False
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._on_timer)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic()
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head.future.done():  # cancelled by the client: drop silently
+                queue.popleft()
+                self.metrics.queue_depth.dec()
+                continue
+            if head.deadline is not None and head.deadline <= now:
+                queue.popleft()
+                self.metrics.queue_depth.dec()
+                head.future.set_exception(
+                    DeadlineExpired("deadline passed while queued; the request was not run")
+                )
+                continue
+            if batch and (
+                rows + head.rows > self.max_batch_size or head.shape_key != batch[0].shape_key
+            ):
+                break
+            queue.popleft()
+            self.metrics.queue_depth.dec()
+            self.metrics.queue_wait.observe(now - head.enqueued)
+            batch.append(head)
+            rows += head.rows
+        return batch
+
+    def _start(self, batch: list[_Pending]) -> None:
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, self._run, batch)
+        job.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _run(self, batch: list[_Pending]) -> list[Tensors]:
+        """Worker thread: merge, run, split."""
+        rows = [p.rows for p in batch]
+        lengths = [p.length for p in batch]
+        feeds = self._layout.merge([p.inputs for p in batch], lengths)
+        start = time.perf_counter()
+        outputs = self._session.run(feeds)
+        self.metrics.compute.observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(sum(rows))
+        named = dict(zip(self._session.output_names, outputs, strict=True))
+        return self._layout.split(named, rows, lengths)
+
+    def _finish(self, batch: list[_Pending], done: asyncio.Future[list[Tensors]]) -> None:
+        self._in_flight -= 1
+        try:
+            results = done.result()
+        except Exception as exc:
+            log.exception("model %s: batch of %d requests failed", self.name, len(batch))
+            error = BatchFailed(
+                f"model {self.name!r} failed to run the batch: {type(exc).__name__}"
+            )
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(error)
+        else:
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+        self._dispatch()
+
+    def close(self) -> None:
+        """Refuse new requests; queued ones still run (drain)."""
+        self._closed = True
+
+    def fail_queued(self, reason: str) -> None:
+        while self._queue:
+            p = self._queue.popleft()
+            self.metrics.queue_depth.dec()
+            if not p.future.done():
+                p.future.set_exception(Unavailable(reason))

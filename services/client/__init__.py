@@ -1,0 +1,349 @@
+"""Python client for nnserve's domain API (``nnserve.v1.Predictor``) and gRPC health.
+
+    from services.client import NNServeClient
+
+    with NNServeClient("127.0.0.1:50051") as client:
+        result = client.classify_tabular("mlp", [{"age": 35, "income": 4200, ...}], top_k=2)
+        print(result.results[0].label, result.results[0].top_k)
+
+Calls return frozen dataclasses, never protobuf messages. A failed RPC raises
+:class:`NNServeError` carrying the gRPC status code. Imports only grpc, the generated
+protos and numpy, so it is cheap enough for health checks.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import nnserve_pb2, nnserve_pb2_grpc
+
+__all__ = [
+    "ClassScore",
+    "Classification",
+    "ClassifyResult",
+    "ModelDescription",
+    "NNServeClient",
+    "NNServeError",
+    "SequenceResult",
+    "SequenceScores",
+    "ServingStatus",
+]
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class NNServeError(Exception):
+    """A failed RPC: the gRPC status code and the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ServingStatus(enum.StrEnum):
+    """grpc.health.v1 serving status."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one row or image."""
+
+    label: str  # argmax label
+    index: int
+    scores: tuple[float, ...]  # one per model label, in label order
+    top_k: tuple[ClassScore, ...]  # best first
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    version: str
+    labels: tuple[str, ...]
+    results: tuple[Classification, ...]  # in request order
+
+
+@dataclass(frozen=True)
+class SequenceScores:
+    """The answer for one sequence."""
+
+    label: str  # sequence-level label (argmax)
+    index: int
+    scores: tuple[float, ...]  # one per model label
+    length: int
+    position_scores: tuple[float, ...]  # P(anomalous) per step, when asked for
+    steps: tuple[str | int, ...]  # the tokens / ids sent (empty for numeric steps)
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    model: str
+    version: str
+    labels: tuple[str, ...]
+    results: tuple[SequenceScores, ...]  # in request order
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    version: str
+    family: str
+    task: str  # classify | sequence
+    labels: tuple[str, ...]
+    feature_names: tuple[str, ...]  # tabular classify models
+    vocabulary: tuple[str, ...]  # sequence models, index = token id
+    max_length: int
+    provider: str  # execution provider in use
+    ready: bool
+    model_json: dict[str, Any]  # the full model.json ({} if the server sent none)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _tabular_rows(
+    rows: Sequence[Mapping[str, float]] | np.ndarray,
+) -> list[nnserve_pb2.TabularRow]:
+    if isinstance(rows, np.ndarray):
+        matrix = np.atleast_2d(np.asarray(rows, dtype=np.float32))  # (N, features)
+        if matrix.ndim != 2:
+            raise ValueError(f"tabular rows must be 1-D or 2-D, got shape {rows.shape}")
+        return [nnserve_pb2.TabularRow(values=row.tolist()) for row in matrix]
+    return [
+        nnserve_pb2.TabularRow(named={str(k): float(v) for k, v in row.items()}) for row in rows
+    ]
+
+
+def _images(images: np.ndarray) -> list[nnserve_pb2.Image]:
+    """(H, W) is one image; (N, H, W) and (N, C, H, W) are batches.
+
+    uint8 arrays are 0..255 pixels (the server scales them); any other numeric dtype
+    is taken as pixels already in the model's range.
+    """
+    array = np.asarray(images)
+    if array.ndim == 2:
+        array = array[np.newaxis]  # (1, H, W)
+    if array.ndim not in (3, 4):
+        raise ValueError(f"images must be (H, W), (N, H, W) or (N, C, H, W), got {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"images must be numeric, got dtype {array.dtype}")
+    out = []
+    for image in array:  # (H, W) or (C, H, W)
+        shape = list(image.shape)
+        if array.dtype == np.uint8:
+            out.append(nnserve_pb2.Image(shape=shape, uint8_pixels=image.tobytes(order="C")))
+        else:
+            values = image.astype(np.float32).ravel(order="C").tolist()
+            out.append(
+                nnserve_pb2.Image(shape=shape, float_pixels=nnserve_pb2.FloatPixels(values=values))
+            )
+    return out
+
+
+def _sequence_input(steps: Sequence[Any] | np.ndarray) -> tuple[nnserve_pb2.SequenceInput, tuple]:
+    """Tokens (str), token ids (int) or numeric steps (2-D float array: length x features)."""
+    if isinstance(steps, np.ndarray) and steps.dtype.kind == "f":
+        if steps.ndim != 2:
+            raise ValueError(f"numeric steps must be (length, features), got {steps.shape}")
+        numeric = nnserve_pb2.NumericSteps(
+            features=steps.shape[1], values=steps.astype(np.float32).ravel().tolist()
+        )
+        return nnserve_pb2.SequenceInput(numeric=numeric), ()
+    items = steps.tolist() if isinstance(steps, np.ndarray) else list(steps)
+    if all(isinstance(s, str) for s in items):
+        return nnserve_pb2.SequenceInput(tokens=nnserve_pb2.TokenStrings(tokens=items)), tuple(
+            items
+        )
+    if all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in items):
+        ids = [int(s) for s in items]
+        return nnserve_pb2.SequenceInput(token_ids=nnserve_pb2.TokenIds(ids=ids)), tuple(ids)
+    raise TypeError("a sequence must be all token strings or all integer token ids")
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _classification(pb: nnserve_pb2.Classification) -> Classification:
+    return Classification(
+        label=pb.label,
+        index=pb.index,
+        scores=tuple(pb.scores),
+        top_k=tuple(ClassScore(label=c.label, index=c.index, score=c.score) for c in pb.top_k),
+    )
+
+
+def _sequence_scores(pb: nnserve_pb2.SequenceResult, steps: tuple) -> SequenceScores:
+    return SequenceScores(
+        label=pb.label,
+        index=pb.index,
+        scores=tuple(pb.scores),
+        length=pb.length,
+        position_scores=tuple(pb.position_scores),
+        steps=steps,
+    )
+
+
+def _description(pb: nnserve_pb2.DescribeModelResponse) -> ModelDescription:
+    return ModelDescription(
+        name=pb.model_name,
+        version=pb.model_version,
+        family=pb.family,
+        task=pb.task,
+        labels=tuple(pb.labels),
+        feature_names=tuple(pb.feature_names),
+        vocabulary=tuple(pb.vocabulary),
+        max_length=pb.max_length,
+        provider=pb.provider,
+        ready=pb.ready,
+        model_json=json.loads(pb.model_json) if pb.model_json else {},
+    )
+
+
+# ---------------------------------------------------------------- client
+
+
+class NNServeClient:
+    """Blocking client for one nnserve process (classify or sequence service)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """``address`` is host:port; ``timeout`` (seconds) is the deadline of each call.
+
+        Pass ``channel`` to use a channel you configured yourself (TLS, options); it is
+        then yours to close.
+        """
+        self.address = address
+        self.timeout = timeout
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else grpc.insecure_channel(address)
+        self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> NNServeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            # Every RpcError a blocking stub raises is also a grpc.Call.
+            raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]
+
+    def classify_tabular(
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, float]] | np.ndarray,
+        top_k: int = 1,
+        *,
+        version: str = "",
+    ) -> ClassifyResult:
+        """Classify tabular rows: feature-name -> value mappings (every feature, any
+        order) or a (rows, features) array in the model's feature order."""
+        request = nnserve_pb2.ClassifyRequest(
+            model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
+        )
+        return self._classify(request)
+
+    def classify_images(
+        self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
+    ) -> ClassifyResult:
+        """Classify images: (H, W) one image, (N, H, W) or (N, C, H, W) a batch. uint8
+        means 0..255 pixels; float means pixels already in the model's range."""
+        request = nnserve_pb2.ClassifyRequest(
+            model_name=model, model_version=version, images=_images(images), top_k=top_k
+        )
+        return self._classify(request)
+
+    def _classify(self, request: nnserve_pb2.ClassifyRequest) -> ClassifyResult:
+        response: nnserve_pb2.ClassifyResponse = self._call(self._predictor.Classify, request)
+        return ClassifyResult(
+            model=response.model_name,
+            version=response.model_version,
+            labels=tuple(response.labels),
+            results=tuple(_classification(r) for r in response.results),
+        )
+
+    def score_sequences(
+        self,
+        model: str,
+        sequences: Sequence[Sequence[str] | Sequence[int] | np.ndarray],
+        per_position: bool = True,
+        *,
+        version: str = "",
+    ) -> SequenceResult:
+        """Score variable-length sequences of event names, token ids, or numeric
+        (length, features) float arrays."""
+        encoded = [_sequence_input(s) for s in sequences]
+        request = nnserve_pb2.SequenceRequest(
+            model_name=model,
+            model_version=version,
+            sequences=[pb for pb, _ in encoded],
+            per_position=per_position,
+        )
+        response: nnserve_pb2.SequenceResponse = self._call(self._predictor.Sequence, request)
+        if len(response.results) != len(encoded):
+            raise NNServeError(
+                grpc.StatusCode.INTERNAL,
+                f"server returned {len(response.results)} results for {len(encoded)} sequences",
+            )
+        return SequenceResult(
+            model=response.model_name,
+            version=response.model_version,
+            labels=tuple(response.labels),
+            results=tuple(
+                _sequence_scores(r, steps)
+                for r, (_, steps) in zip(response.results, encoded, strict=True)
+            ),
+        )
+
+    def describe(self, model: str, *, version: str = "") -> ModelDescription:
+        request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
+        return _description(self._call(self._predictor.DescribeModel, request))
+
+    def health(self, service: str = "") -> ServingStatus:
+        """grpc.health.v1 Check: ``""`` for the whole server, a model name for one model.
+
+        A service the server does not know is SERVICE_UNKNOWN; an unreachable server
+        raises NNServeError (UNAVAILABLE / DEADLINE_EXCEEDED).
+        """
+        try:
+            response = self._call(
+                self._health.Check, health_pb2.HealthCheckRequest(service=service)
+            )
+        except NNServeError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND:
+                return ServingStatus.SERVICE_UNKNOWN
+            raise
+        return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

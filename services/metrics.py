@@ -1,0 +1,131 @@
+"""Prometheus metrics, declared once (names and labels: docs/metrics.md).
+
+Each server owns a CollectorRegistry so several servers can live in one process (tests).
+With several worker processes, prometheus_client's multiprocess mode aggregates the
+workers' values (PROMETHEUS_MULTIPROC_DIR); the parent then serves /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# *_created series double the exposition size and no dashboard or rule uses them.
+disable_created_metrics()
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    """All nnserve and gRPC server metrics of one server."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        live = "livesum" if multiprocess_enabled() else "all"
+        self.requests = Counter(
+            "nnserve_requests", "Inference requests by outcome.",
+            ["model", "version", "method", "code"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "nnserve_request_duration_seconds", "Whole inference request, decode to encode.",
+            ["model", "version", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "nnserve_queue_wait_seconds", "Time from enqueue to batch start.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute = Histogram(
+            "nnserve_compute_seconds", "ONNX Runtime run time per batch.",
+            ["model", "version", "provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "nnserve_batch_size", "Rows per executed batch.",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "nnserve_queue_depth", "Requests waiting in the batcher queue.",
+            ["model", "version"], registry=r, multiprocess_mode=live,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "nnserve_inflight_requests", "Requests accepted and not yet answered.",
+            ["model", "version"], registry=r, multiprocess_mode=live,
+        )  # fmt: skip
+        self.model_ready = Gauge(
+            "nnserve_model_ready", "1 when the model version is loaded, checked and serving.",
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.model_load_seconds = Gauge(
+            "nnserve_model_load_seconds", "Load, golden check and warm-up time.",
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "nnserve_model_info", "Always 1; joins the provider in use to each model.",
+            ["model", "version", "family", "task", "provider"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.grpc_started = Counter(
+            "grpc_server_started", "RPCs started on the server.",
+            ["grpc_type", "grpc_service", "grpc_method"], registry=r,
+        )  # fmt: skip
+        self.grpc_handled = Counter(
+            "grpc_server_handled", "RPCs completed on the server, by status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"], registry=r,
+        )  # fmt: skip
+        self.grpc_handling = Histogram(
+            "grpc_server_handling_seconds", "RPC latency until the handler finished.",
+            ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
+    def for_model(self, model: str, version: int, provider: str) -> ModelMetrics:
+        v = str(version)
+        return ModelMetrics(
+            queue_wait=self.queue_wait.labels(model, v),
+            compute=self.compute.labels(model, v, provider),
+            batch_size=self.batch_size.labels(model, v),
+            queue_depth=self.queue_depth.labels(model, v),
+            inflight=self.inflight.labels(model, v),
+        )
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Label-bound children for one model version, bound once at load (hot path)."""
+
+    queue_wait: Histogram
+    compute: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    inflight: Gauge
+
+
+def exposition_registry(metrics: Metrics) -> CollectorRegistry:
+    """What /metrics serves: this process's registry, or all workers' aggregated."""
+    if not multiprocess_enabled():
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[object, int]:
+    """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_address[1]

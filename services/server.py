@@ -1,0 +1,165 @@
+"""Assemble one gRPC server: registry, batchers, both APIs, health, reflection, metrics.
+
+Start order: bind and serve with health NOT_SERVING, load models (session, goldens,
+warm-up), then SERVING. Stop order: NOT_SERVING, refuse new requests, let queued and
+running ones finish (up to the grace period), stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
+from services.dataplane import DataPlane
+from services.domain_servicer import PredictorServicer
+from services.interceptors import ErrorAndMetricsInterceptor
+from services.kserve_servicer import KServeServicer
+from services.metrics import Metrics, exposition_registry, serve_metrics
+from services.registry import ModelRegistry, ModelVersion
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+PREDICTOR_SERVICE = nnserve_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class NNServeServer:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="ort"
+        )
+        self.registry = ModelRegistry(settings, self.metrics, self.executor)
+        self.plane = DataPlane(self.registry, self.metrics)
+        self.health = HealthServicer()
+        self.started = asyncio.Event()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._metrics_http: Any = None
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._loader: asyncio.Task[None] | None = None
+        self._stopped = False
+
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[ErrorAndMetricsInterceptor(self.metrics)], options=options
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.plane, self.registry, self.started), self.server
+        )
+        nnserve_pb2_grpc.add_PredictorServicer_to_server(
+            PredictorServicer(self.plane, self.registry), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                KSERVE_SERVICE,
+                PREDICTOR_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.registry.add_listener(self._on_model_state)
+
+    # ------------------------------------------------------------------ health
+
+    def _set_health(self, service: str, status: int) -> None:
+        task = asyncio.get_running_loop().create_task(self.health.set(service, status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    def _on_model_state(self, mv: ModelVersion) -> None:
+        self._set_health(mv.name, SERVING if self._model_serving(mv.name) else NOT_SERVING)
+        self._update_overall()
+
+    def _model_serving(self, name: str) -> bool:
+        return not self.plane.draining and any(
+            v.ready for v in self.registry.versions(name).values()
+        )
+
+    def _update_overall(self) -> None:
+        serving = (
+            self.started.is_set()
+            and not self.plane.draining
+            and any(mv.ready for mv in self.registry.all_versions())
+        )
+        status = SERVING if serving else NOT_SERVING
+        for service in ("", KSERVE_SERVICE, PREDICTOR_SERVICE):
+            self._set_health(service, status)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, wait_for_models: bool = True) -> None:
+        """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
+        s = self.settings
+        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
+        if s.metrics_port is not None and s.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = serve_metrics(
+                exposition_registry(self.metrics), s.host, s.metrics_port
+            )
+        self._update_overall()
+        await self.server.start()
+        log.info(
+            "%s service: gRPC on %s:%d, metrics on :%d",
+            s.service, s.host, self.grpc_port, self.metrics_port,
+        )  # fmt: skip
+        self._loader = asyncio.create_task(self._load())
+        if wait_for_models:
+            await self._loader
+
+    async def _load(self) -> None:
+        start = time.perf_counter()
+        await self.registry.load_startup()
+        self.started.set()
+        self._update_overall()
+        ready = [f"{mv.name}/{mv.version}" for mv in self.registry.all_versions() if mv.ready]
+        log.info("ready in %.2fs: %s", time.perf_counter() - start, ", ".join(ready) or "no models")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful drain: NOT_SERVING, refuse new work, finish queued work, stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.drain_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        self.plane.draining = True
+        await self.health.enter_graceful_shutdown()
+        self.registry.drain()
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        while self.registry.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def build_server(settings: Settings, metrics: Metrics | None = None) -> NNServeServer:
+    """The production entry point, also used by tests (with grpc_port=0, metrics_port=0)."""
+    return NNServeServer(settings, metrics)

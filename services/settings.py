@@ -1,0 +1,109 @@
+"""One settings object per process, from environment (NNSERVE_*) and command line."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DevicePolicy(StrEnum):
+    """Where a model may run."""
+
+    ALLOW_CPU_FALLBACK = "allow_cpu_fallback"  # CUDA when it loads, else CPU
+    REQUIRE_GPU = "require_gpu"  # CUDA or the model never becomes ready
+    CPU_ONLY = "cpu_only"  # never ask for CUDA
+
+
+# Which models each service process serves unless NNSERVE_MODELS says otherwise.
+SERVICE_MODELS: dict[str, tuple[str, ...]] = {
+    "classify": ("perceptron", "mlp", "cnn"),
+    "sequence": ("lstm", "transformer"),
+}
+SERVICE_PORTS: dict[str, tuple[int, int]] = {"classify": (50051, 9091), "sequence": (50052, 9092)}
+
+
+class Settings(BaseSettings):
+    """nnserve service settings. Every field is also an env var: NNSERVE_<FIELD>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NNSERVE_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m services",
+    )
+
+    service: Literal["classify", "sequence"] = "classify"
+    """Which service this process is: picks default models and ports."""
+
+    models: list[str] | None = None
+    """Model names to serve; default: the service's models. ["*"] serves all in the repository."""
+
+    repository: Path = Path("model_repository")
+    """Model repository root: <name>/<version>/model.onnx + model.json."""
+
+    host: str = "127.0.0.1"
+    """Address to bind gRPC and metrics on (0.0.0.0 in containers)."""
+
+    grpc_port: int | None = None
+    """gRPC port; default 50051 (classify) / 50052 (sequence); 0 picks a free port."""
+
+    metrics_port: int | None = None
+    """Prometheus /metrics HTTP port; default 9091 / 9092; 0 picks a free port; -1 disables."""
+
+    workers: int = 1
+    """Server processes sharing the gRPC port (SO_REUSEPORT); metrics are aggregated."""
+
+    device_policy: DevicePolicy = DevicePolicy.ALLOW_CPU_FALLBACK
+    """Default device policy; model.json and model_policies may override per model."""
+
+    model_policies: dict[str, DevicePolicy] = Field(default_factory=dict)
+    """Per-model device policy, e.g. NNSERVE_MODEL_POLICIES='{"cnn": "require_gpu"}'."""
+
+    intra_op_threads: int = 1
+    """ONNX Runtime threads inside one run; 1 suits small models on few cores."""
+
+    inference_threads: int = 2
+    """Threads running batches off the event loop (batches in flight across models)."""
+
+    max_batch_size: int | None = None
+    """Override every model's max batch size (model.json serving.max_batch_size otherwise)."""
+
+    max_queue_delay_ms: float | None = None
+    """Override the time a partial batch may wait for company while another batch runs."""
+
+    max_queue_size: int = 1024
+    """Requests waiting per model before new ones get RESOURCE_EXHAUSTED."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
+
+    drain_grace_seconds: float = 10.0
+    """On SIGTERM: NOT_SERVING, then this long for in-flight requests to finish."""
+
+    verify_goldens: bool = True
+    """Re-check model.json goldens at load; a model that fails never becomes ready."""
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _service_defaults(self) -> Settings:
+        grpc_port, metrics_port = SERVICE_PORTS[self.service]
+        if self.grpc_port is None:
+            self.grpc_port = grpc_port
+        if self.metrics_port is None:
+            self.metrics_port = metrics_port
+        if self.models is None:
+            self.models = list(SERVICE_MODELS[self.service])
+        return self
+
+    def policy_for(self, model: str, declared: str | None) -> DevicePolicy:
+        """Per-model setting, then an explicit process-wide one, then model.json."""
+        if model in self.model_policies:
+            return self.model_policies[model]
+        if "device_policy" not in self.model_fields_set and declared:
+            return DevicePolicy(declared)
+        return self.device_policy
