@@ -1,0 +1,62 @@
+# nnserve entry points. Every target creates the virtualenv from nothing when missing.
+#   make run    train + export if the repository is empty, then serve both services
+#   make test   the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+REPOSITORY ?= model_repository
+
+.PHONY: venv train export models report serve-classify serve-sequence run test lint typecheck \
+        protos bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,train,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+train: venv            ## train all five models into runs/
+	$(PY) -m training --model all
+
+export: venv           ## export every trained model as a new version (parity-gated)
+	$(PY) -m export --model all --repository $(REPOSITORY)
+
+models: venv           ## train + export only what the repository lacks
+	$(PY) -m export --model all --if-missing --repository $(REPOSITORY)
+
+report: venv           ## training report with plots in reports/training/
+	$(PY) -m training.report
+
+serve-classify: models
+	$(PY) -m services --service classify --repository $(REPOSITORY)
+
+serve-sequence: models
+	$(PY) -m services --service sequence --repository $(REPOSITORY)
+
+run: models            ## both services on 50051/50052 (metrics 9091/9092) until Ctrl-C
+	@trap 'kill -TERM $$c $$s 2>/dev/null; wait' INT TERM; \
+	$(PY) -m services --service classify --repository $(REPOSITORY) & c=$$!; \
+	$(PY) -m services --service sequence --repository $(REPOSITORY) & s=$$!; \
+	wait
+
+test: venv             ## the whole test suite
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy services training export
+
+protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
+	$(PY) -m protos.generate
+
+bench: models          ## benchmark table, JSON and plots in bench/results/
+	$(PY) -m bench --repository $(REPOSITORY)
+
+clean:
+	rm -rf runs $(REPOSITORY) reports bench/results .pytest_cache
