@@ -6,6 +6,7 @@ Images come from .npy arrays, CSV/text files of numbers (64 numbers -> 8x8), and
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -56,7 +57,7 @@ def read_feature_file(path: Path) -> list[dict[str, float]]:
 # ---------------------------------------------------------------- events
 
 
-def parse_events(text: str) -> list[str | int]:
+def parse_events(text: str) -> list[str] | list[int]:
     """Comma- or newline-separated event names; ``#`` starts a comment line.
 
     If every event is a decimal integer the list is token ids instead of names.
@@ -72,7 +73,7 @@ def parse_events(text: str) -> list[str | int]:
         raise InputError("no events given")
     if all(re.fullmatch(r"\d+", e) for e in events):
         return [int(e) for e in events]
-    return list(events)
+    return events
 
 
 # ---------------------------------------------------------------- images
@@ -87,8 +88,6 @@ def read_image(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            import io
-
             image = np.load(io.BytesIO(data), allow_pickle=False)
         elif suffix == ".png":
             image = _decode_png(data)
@@ -126,7 +125,7 @@ def _decode_pgm(data: bytes) -> np.ndarray:
     magic, width, height, maxval = tokens[0], int(tokens[1]), int(tokens[2]), int(tokens[3])
     count = width * height
     if magic == b"P2":
-        values = np.array(data[pos:].split()[:count], dtype=np.int64)
+        values = np.array([int(v) for v in data[pos:].split()[:count]], dtype=np.int64)
     elif magic == b"P5":
         dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
         values = np.frombuffer(data, dtype=dtype, count=count, offset=pos + 1).astype(np.int64)

@@ -1,0 +1,305 @@
+"""Command line for nnserve's domain API and health checks.
+
+    python -m services.client health [--model mlp]
+    python -m services.client describe mlp
+    python -m services.client loan mlp --feature age=35 --feature income=4200 ...
+    python -m services.client loan mlp --file applicants.json
+    python -m services.client digit cnn --image seven.npy   (.npy, .csv/.txt, .pgm, .png)
+    python -m services.client digit cnn --sample 7          (scikit-learn's digits)
+    python -m services.client logs lstm --events "http.request.received,auth.token.validated"
+    python -m services.client logs lstm --file events.txt   (one event per line)
+
+--address HOST:PORT (default $NNSERVE_ADDRESS, else 127.0.0.1:50051, or :50052 for
+`logs`), --timeout SECONDS and --json (machine-readable output) go before or after
+the command. Exit status: 0 success (health: SERVING), 1 the call failed or the
+service is not SERVING, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from services.client import (
+    DEFAULT_TIMEOUT_S,
+    ClassifyResult,
+    ModelDescription,
+    NNServeClient,
+    NNServeError,
+    SequenceResult,
+    ServingStatus,
+)
+from services.client.inputs import (
+    InputError,
+    parse_events,
+    parse_features,
+    read_feature_file,
+    read_image,
+    sample_digit,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CLASSIFY_ADDRESS, SEQUENCE_ADDRESS = "127.0.0.1:50051", "127.0.0.1:50052"
+
+
+def _common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    # On sub-commands the defaults are suppressed so that a value given before the
+    # command is not overwritten by the sub-command's default.
+    def default(value: Any) -> Any:
+        return value if top_level else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--address", default=default(None), help="server HOST:PORT (see the defaults above)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT_S),
+        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON instead of tables",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_options(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _common_options(sub, top_level=False)
+        return sub
+
+    health = command("health", "grpc.health.v1 check; exit 0 if SERVING, else 1")
+    health.add_argument("--model", default="", help="check one model instead of the server")
+
+    describe = command("describe", "show a model's task, labels, features or vocabulary")
+    describe.add_argument("model")
+    describe.add_argument("--version", default="", help="model version (default: highest ready)")
+
+    loan = command("loan", "classify loan applications with a tabular model (perceptron, mlp)")
+    loan.add_argument("model")
+    source = loan.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--feature",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one named feature; repeat for every feature the model has",
+    )
+    source.add_argument(
+        "--file", type=Path, help="JSON file: an object of features or a list of them"
+    )
+    loan.add_argument("--top-k", type=int, default=2)
+    loan.add_argument("--version", default="")
+
+    digit = command("digit", "classify a handwritten digit image with an image model (cnn)")
+    digit.add_argument("model")
+    source = digit.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--image",
+        type=Path,
+        help=".npy array, CSV/text of numbers (64 -> 8x8), or 8-bit PGM/PNG",
+    )
+    source.add_argument(
+        "--sample", type=int, metavar="N", help="image N of scikit-learn's digits data set"
+    )
+    digit.add_argument("--top-k", type=int, default=3)
+    digit.add_argument("--version", default="")
+
+    logs = command("logs", "score a sequence of log events with a sequence model (lstm, ...)")
+    logs.add_argument("model")
+    source = logs.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="comma-separated event names (or token ids)")
+    source.add_argument("--file", type=Path, help="file with one event per line")
+    logs.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="mark positions whose anomaly score is above this (default 0.5)",
+    )
+    logs.add_argument("--version", default="")
+    return parser
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _model_line(model: str, version: str) -> str:
+    return f"model: {model}" + (f" (version {version})" if version else "")
+
+
+def _print_classify(result: ClassifyResult) -> None:
+    print(_model_line(result.model, result.version))
+    for i, c in enumerate(result.results):
+        if len(result.results) > 1:
+            print(f"\n[{i}]")
+        score = c.scores[c.index] if 0 <= c.index < len(c.scores) else float("nan")
+        print(f"prediction: {c.label} ({score:.4f})")
+        width = max([5, *(len(s.label) for s in c.top_k)])
+        print(f"  {'rank':>4}  {'label':<{width}}  score")
+        for rank, s in enumerate(c.top_k, start=1):
+            print(f"  {rank:>4}  {s.label:<{width}}  {s.score:.4f}")
+        print(
+            "scores: "
+            + " ".join(f"{lab}={v:.4f}" for lab, v in zip(result.labels, c.scores, strict=False))
+        )
+
+
+def _print_sequences(result: SequenceResult, threshold: float) -> None:
+    print(_model_line(result.model, result.version))
+    for i, s in enumerate(result.results):
+        if len(result.results) > 1:
+            print(f"\n[{i}]")
+        score = s.scores[s.index] if 0 <= s.index < len(s.scores) else float("nan")
+        scores = " ".join(f"{lab}={v:.4f}" for lab, v in zip(result.labels, s.scores, strict=False))
+        print(f"sequence: {s.label} ({score:.4f})   {scores}")
+        if not s.position_scores:
+            print(f"{s.length} events; the model gives no per-position scores")
+            continue
+        names = [str(e) for e in s.steps] or [""] * len(s.position_scores)
+        width = max([5, *(len(n) for n in names)])
+        print(f"  {'pos':>3}  {'event':<{width}}  score")
+        flagged = 0
+        for pos, (name, p) in enumerate(zip(names, s.position_scores, strict=False)):
+            mark = "  <- anomalous" if p > threshold else ""
+            flagged += p > threshold
+            print(f"  {pos:>3}  {name:<{width}}  {p:.4f}{mark}")
+        print(f"{s.length} events, {flagged} flagged (score > {threshold:g})")
+
+
+def _print_description(d: ModelDescription) -> None:
+    rows = [
+        ("model", d.name),
+        ("version", d.version),
+        ("family", d.family),
+        ("task", d.task),
+        ("ready", "yes" if d.ready else "no"),
+        ("provider", d.provider),
+        ("labels", ", ".join(d.labels)),
+    ]
+    if d.feature_names:
+        rows.append(("features", ", ".join(d.feature_names)))
+    if d.vocabulary:
+        rows.append(("vocabulary", f"{len(d.vocabulary)} events: " + ", ".join(d.vocabulary)))
+    if d.max_length:
+        rows.append(("max length", str(d.max_length)))
+    metrics = d.model_json.get("metrics", {})
+    for key in ("accuracy", "f1"):
+        if key in metrics:
+            rows.append((key, f"{metrics[key]}"))
+    for key, value in rows:
+        print(f"{key + ':':<12}{value}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _health(client: NNServeClient, opts: argparse.Namespace) -> int:
+    status = client.health(opts.model)
+    if opts.json:
+        _emit_json({"service": opts.model, "status": status.value})
+    else:
+        print(status.value)
+    return EXIT_OK if status is ServingStatus.SERVING else EXIT_FAILED
+
+
+def _describe(client: NNServeClient, opts: argparse.Namespace) -> int:
+    description = client.describe(opts.model, version=opts.version)
+    if opts.json:
+        _emit_json(dataclasses.asdict(description))
+    else:
+        _print_description(description)
+    return EXIT_OK
+
+
+def _loan(client: NNServeClient, opts: argparse.Namespace) -> int:
+    rows = read_feature_file(opts.file) if opts.file else [parse_features(opts.feature)]
+    result = client.classify_tabular(opts.model, rows, top_k=opts.top_k, version=opts.version)
+    if opts.json:
+        _emit_json(dataclasses.asdict(result))
+    else:
+        _print_classify(result)
+    return EXIT_OK
+
+
+def _digit(client: NNServeClient, opts: argparse.Namespace) -> int:
+    true_label: int | None = None
+    if opts.sample is not None:
+        image, true_label = sample_digit(opts.sample)
+    else:
+        image = read_image(opts.image)
+    result = client.classify_images(opts.model, image, top_k=opts.top_k, version=opts.version)
+    if opts.json:
+        _emit_json({**dataclasses.asdict(result), "true_label": true_label})
+        return EXIT_OK
+    if true_label is not None:
+        print(f"sample {opts.sample}: true label {true_label}")
+    _print_classify(result)
+    return EXIT_OK
+
+
+def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
+    if opts.file is not None:
+        try:
+            text = opts.file.read_text()
+        except OSError as err:
+            raise InputError(f"{opts.file}: {err.strerror}") from None
+    else:
+        text = opts.events
+    events = parse_events(text)
+    result = client.score_sequences(opts.model, [events], per_position=True, version=opts.version)
+    if opts.json:
+        data = dataclasses.asdict(result)
+        for r in data["results"]:
+            r["flagged"] = [i for i, p in enumerate(r["position_scores"]) if p > opts.threshold]
+        _emit_json({**data, "threshold": opts.threshold})
+    else:
+        _print_sequences(result, opts.threshold)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "health": _health,
+    "describe": _describe,
+    "loan": _loan,
+    "digit": _digit,
+    "logs": _logs,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    default = SEQUENCE_ADDRESS if opts.command == "logs" else CLASSIFY_ADDRESS
+    address = opts.address or os.environ.get("NNSERVE_ADDRESS") or default
+    try:
+        with NNServeClient(address, timeout=opts.timeout) as client:
+            return COMMANDS[opts.command](client, opts)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except NNServeError as err:
+        print(f"error: {address}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
