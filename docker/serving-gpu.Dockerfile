@@ -7,6 +7,8 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# The distribution's python3, fixed by the pinned base image.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -14,10 +16,14 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY . .
+# Versions are pinned in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[gpu]"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# The distribution's python3, fixed by the pinned base image.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
@@ -33,7 +39,7 @@ RUN groupadd --system --gid 10001 nnserve \
     && chown nnserve:nnserve /app /models
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-USER nnserve:nnserve
+USER 10001:10001
 EXPOSE 50051 50052 9091 9092
 ENTRYPOINT ["python", "-m", "services"]
 CMD ["--service", "classify"]

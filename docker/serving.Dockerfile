@@ -10,6 +10,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY . .
+# Versions are pinned in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[cpu]"
 
 FROM ${PYTHON_IMAGE}
@@ -25,7 +27,7 @@ RUN groupadd --system --gid 10001 nnserve \
     && chown nnserve:nnserve /app /models
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-USER nnserve:nnserve
+USER 10001:10001
 # gRPC: classify 50051, sequence 50052. Prometheus /metrics: classify 9091, sequence 9092.
 EXPOSE 50051 50052 9091 9092
 # The gRPC port differs per service, so the health check lives in docker-compose.yml:

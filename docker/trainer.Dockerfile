@@ -14,19 +14,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
 # CPU-only torch wheel first (no CUDA libraries), so that the `train` extra below
 # finds torch==${TORCH_VERSION} already satisfied.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+RUN python -m venv /opt/venv \
+    && pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY . .
+# Versions are pinned in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[cpu,train]"
 RUN groupadd --system --gid 10001 nnserve \
     && useradd --system --uid 10001 --gid nnserve --home-dir /app --shell /usr/sbin/nologin nnserve \
     && mkdir -p /app /models \
     && chown nnserve:nnserve /app /models
 WORKDIR /app
-USER nnserve:nnserve
+USER 10001:10001
 # An empty named volume mounted at /models takes this directory's owner (nnserve)
 # on first use, so the non-root trainer can write the repository.
 CMD ["python", "-m", "export", "--model", "all", "--if-missing", "--repository", "/models"]

