@@ -7,7 +7,9 @@
 
 The server scrapes the given targets as job "nnserve" (the job the alert rules expect)
 every second and evaluates the recording and alert rules of deploy/prometheus/rules
-every second, so the 1m recording rules have values a few seconds after traffic starts.
+every second, so the 1m recording rules have values a few seconds after traffic starts
+(Prometheus 2.x waits about 5 seconds before its first scrape; rates read low until a
+whole minute has been scraped, while ratios and quantiles are right from the start).
 It keeps its TSDB in a temporary directory and is always stopped on exit.
 
 Needs the `prometheus` binary on PATH (Debian: `apt-get install prometheus`, which also

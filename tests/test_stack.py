@@ -449,6 +449,23 @@ def test_every_alert_and_recording_rule_has_a_unit_test() -> None:
         assert name in tests_text, f"{name} has no promtool unit test"
 
 
+def test_alerts_have_severity_and_a_runbook_section() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    # GitHub heading anchors: lower case, spaces to dashes, other punctuation dropped.
+    anchors = {
+        re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", operations, re.MULTILINE)
+    }
+    for rule in rules():
+        if "alert" not in rule:
+            continue
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
+        path, _, anchor = rule["annotations"]["runbook"].partition("#")
+        assert path == "docs/operations.md" and anchor in anchors, f"{name}: no runbook {anchor}"
+
+
 # ------------------------------------------------------------ dashboard and names
 
 
