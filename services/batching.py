@@ -174,10 +174,12 @@ class Batcher:
         rows = [p.rows for p in batch]
         lengths = [p.length for p in batch]
         feeds = self._layout.merge([p.inputs for p in batch], lengths)
+        total = sum(rows)
         start = time.perf_counter()
         outputs = self._session.run(feeds)
-        self.metrics.compute.observe(time.perf_counter() - start)
-        self.metrics.batch_size.observe(sum(rows))
+        elapsed = time.perf_counter() - start
+        self.metrics.compute[self._session.provider_for(total)].observe(elapsed)
+        self.metrics.batch_size.observe(total)
         named = dict(zip(self._session.output_names, outputs, strict=True))
         return self._layout.split(named, rows, lengths)
 

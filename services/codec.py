@@ -6,6 +6,7 @@ codec needs from a model (feature order, vocabulary) is computed once per model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -128,7 +129,11 @@ def model_metadata(spec: ModelSpec, versions: list[int]) -> pb.ModelMetadataResp
 
 
 def model_config(
-    spec: ModelSpec, max_batch_size: int, max_queue_delay_s: float, provider: str
+    spec: ModelSpec,
+    max_batch_size: int,
+    max_queue_delay_s: float,
+    provider: str,
+    placement: dict[str, dict[int, float]] | None = None,
 ) -> mc.ModelConfig:
     """Triton-style config: dims exclude the batch axis since every model batches."""
     config = mc.ModelConfig(
@@ -150,6 +155,10 @@ def model_config(
     config.parameters["execution_provider"].string_value = provider
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
+    for name, timings in (placement or {}).items():
+        config.parameters[f"placement_{name}"].string_value = ", ".join(
+            f"batch {rows}: {seconds * 1e3:.3f} ms" for rows, seconds in sorted(timings.items())
+        )
     return config
 
 
@@ -197,7 +206,7 @@ def decode_classify(request: npb.ClassifyRequest, model: DomainModel) -> Tensors
     return {c.input: _images(request.images, model)}
 
 
-def _tabular(rows: list[npb.TabularRow], model: DomainModel) -> np.ndarray:
+def _tabular(rows: Sequence[npb.TabularRow], model: DomainModel) -> np.ndarray:
     index = model.feature_index
     width = len(index)
     batch = np.empty((len(rows), width), dtype=np.float32)  # (B, F)
@@ -224,7 +233,7 @@ def _tabular(rows: list[npb.TabularRow], model: DomainModel) -> np.ndarray:
     return batch
 
 
-def _images(images: list[npb.Image], model: DomainModel) -> np.ndarray:
+def _images(images: Sequence[npb.Image], model: DomainModel) -> np.ndarray:
     c = model.spec.classify
     assert c is not None and c.image_shape is not None
     channels, height, width = c.image_shape
@@ -287,6 +296,7 @@ def decode_sequence(request: npb.SequenceRequest, model: DomainModel) -> Tensors
     numeric = False
     for i, item in enumerate(request.sequences):
         kind = item.WhichOneof("steps")
+        ids: np.ndarray
         if kind == "token_ids":
             ids = np.asarray(item.token_ids.ids, dtype=np.int64)
         elif kind == "tokens":
@@ -324,7 +334,7 @@ def decode_sequence(request: npb.SequenceRequest, model: DomainModel) -> Tensors
         steps = np.zeros((len(rows), longest, width), dtype=np.float32)  # (B, T, F)
         for r, row in enumerate(rows):
             steps[r, : len(row)] = row
-        tensors = {seq.numeric_input: steps}
+        tensors: Tensors = {seq.numeric_input: steps}
     else:
         tokens = np.full((len(rows), longest), seq.pad_id, dtype=np.int64)  # (B, T)
         for r, row in enumerate(rows):

@@ -76,6 +76,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             batcher.max_batch_size if batcher else mv.spec.serving.max_batch_size,
             batcher.max_queue_delay_s if batcher else mv.spec.serving.max_queue_delay_ms / 1000,
             mv.provider,
+            mv.session.placement if mv.session else None,
         )
         return pb.ModelConfigResponse(config=config)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,7 +40,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        live = "livesum" if multiprocess_enabled() else "all"
+        live: Literal["livesum", "all"] = "livesum" if multiprocess_enabled() else "all"
         self.requests = Counter(
             "nnserve_requests", "Inference requests by outcome.",
             ["model", "version", "method", "code"], registry=r,
@@ -81,6 +82,12 @@ class Metrics:
             ["model", "version", "family", "task", "provider"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self.placement = Gauge(
+            "nnserve_placement_seconds",
+            "Median run time measured at load per provider and batch size (measure policy).",
+            ["model", "version", "provider", "batch_size"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r,
@@ -94,11 +101,11 @@ class Metrics:
             ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
-    def for_model(self, model: str, version: int, provider: str) -> ModelMetrics:
+    def for_model(self, model: str, version: int, providers: tuple[str, ...]) -> ModelMetrics:
         v = str(version)
         return ModelMetrics(
             queue_wait=self.queue_wait.labels(model, v),
-            compute=self.compute.labels(model, v, provider),
+            compute={p: self.compute.labels(model, v, p) for p in providers},
             batch_size=self.batch_size.labels(model, v),
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
@@ -110,7 +117,7 @@ class ModelMetrics:
     """Label-bound children for one model version, bound once at load (hot path)."""
 
     queue_wait: Histogram
-    compute: Histogram
+    compute: dict[str, Histogram]  # by provider: batches may be routed per size
     batch_size: Histogram
     queue_depth: Gauge
     inflight: Gauge

@@ -76,6 +76,8 @@ class ModelRegistry:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._listeners: list[StateListener] = []
         self._lock = asyncio.Lock()
+        # name -> highest READY version: the hot path's lookup, kept current on every change
+        self._serving: dict[str, ModelVersion] = {}
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -83,10 +85,18 @@ class ModelRegistry:
     def _set_state(self, mv: ModelVersion, state: ModelState, reason: str = "") -> None:
         mv.state = state
         mv.reason = reason
+        self._update_serving(mv.name)
         ready = 1.0 if state is ModelState.READY else 0.0
         self._metrics.model_ready.labels(mv.name, str(mv.version), mv.provider or "none").set(ready)
         for listener in self._listeners:
             listener(mv)
+
+    def _update_serving(self, name: str) -> None:
+        ready = [v for v in self._models.get(name, {}).values() if v.ready]
+        if ready:
+            self._serving[name] = max(ready, key=lambda v: v.version)
+        else:
+            self._serving.pop(name, None)
 
     # ------------------------------------------------------------------ queries
 
@@ -101,6 +111,10 @@ class ModelRegistry:
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version a request addresses ("" = highest ready); raises NOT_FOUND/UNAVAILABLE."""
+        if not version:
+            serving = self._serving.get(name)
+            if serving is not None:
+                return serving
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names())}")
@@ -187,6 +201,9 @@ class ModelRegistry:
         v = str(version)
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(mv.load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
+        for provider, timings in session.placement.items():
+            for rows, seconds in timings.items():
+                self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -197,10 +214,13 @@ class ModelRegistry:
     def _open(self, name: str, version: int) -> tuple[ModelSpec, ModelSession, DevicePolicy]:
         spec = read_spec(self._settings.repository, name, version)
         policy = self._settings.policy_for(name, spec.serving.device_policy)
-        session = open_session(spec, policy, self._settings.intra_op_threads)
+        max_batch = self._max_batch(spec)
+        session = open_session(
+            spec, policy, self._settings.intra_op_threads, (1, min(8, max_batch), max_batch)
+        )
         if self._settings.verify_goldens:
             check_goldens(spec, session)
-        warm_up(spec, session, (1, self._max_batch(spec)))
+        warm_up(spec, session, (1, max_batch))
         return spec, session, policy
 
     def _max_batch(self, spec: ModelSpec) -> int:
@@ -218,7 +238,7 @@ class ModelRegistry:
             session,
             BatchLayout.for_model(spec),
             self._executor,
-            self._metrics.for_model(spec.name, spec.version, session.provider),
+            self._metrics.for_model(spec.name, spec.version, session.providers),
             max_batch_size=self._max_batch(spec),
             max_queue_delay_s=delay_ms / 1000.0,
             max_queue_size=s.max_queue_size,
@@ -242,6 +262,7 @@ class ModelRegistry:
                     0
                 )
             del self._models[name]
+            self._update_serving(name)
 
     def drain(self) -> None:
         """Refuse new requests on every model; queued and running ones complete."""

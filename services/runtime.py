@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -49,18 +50,81 @@ def requested_providers(policy: DevicePolicy) -> list[str | tuple[str, dict[str,
 
 @dataclass
 class ModelSession:
-    """A loaded ONNX Runtime session and the provider it actually runs on."""
+    """Loaded ONNX Runtime session(s) and the provider each batch size runs on.
+
+    Usually one session. With the `measure` policy on a GPU machine there are two, and
+    batches of at least `gpu_from_batch` rows go to CUDA, smaller ones to the CPU: the
+    GPU is never used where it measured slower.
+    """
 
     session: ort.InferenceSession
     provider: str
     output_names: tuple[str, ...]
+    gpu_session: ort.InferenceSession | None = None
+    gpu_from_batch: int = 0
+    placement: dict[str, dict[int, float]] = field(default_factory=dict)  # provider -> rows -> s
+
+    def provider_for(self, rows: int) -> str:
+        if self.gpu_session is not None and rows >= self.gpu_from_batch:
+            return CUDA
+        return self.provider
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        if self.gpu_session is not None and rows >= self.gpu_from_batch:
+            return _run_bound(self.gpu_session, feeds, self.output_names)
+        if self.provider == CUDA:
+            return _run_bound(self.session, feeds, self.output_names)
         return self.session.run(self.output_names, feeds)  # type: ignore[no-any-return]
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return (self.provider, CUDA) if self.gpu_session is not None else (self.provider,)
 
-def open_session(spec: ModelSpec, policy: DevicePolicy, intra_op_threads: int) -> ModelSession:
-    """Create the session; ModelLoadError when the file, checksum or policy says no."""
+
+def _run_bound(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: tuple[str, ...]
+) -> list[np.ndarray]:
+    """CUDA: IO binding keeps outputs on the device until one copy back at the end."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for name in outputs:
+        binding.bind_output(name, "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Worker threads must not spin between our small runs: they would eat the cores
+    # that the gRPC event loop needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _create(
+    spec: ModelSpec, providers: list[str | tuple[str, dict[str, str]]], intra_op_threads: int
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            str(spec.onnx_file), _session_options(intra_op_threads), providers=providers
+        )
+    except Exception as exc:  # ORT raises several types for bad graphs
+        raise ModelLoadError(f"ONNX Runtime cannot load model.onnx: {exc}") from exc
+
+
+def open_session(
+    spec: ModelSpec,
+    policy: DevicePolicy,
+    intra_op_threads: int,
+    batch_sizes: tuple[int, ...] = (1,),
+) -> ModelSession:
+    """Create the session(s); ModelLoadError when the file, checksum or policy says no."""
     if not spec.onnx_file.is_file():
         raise ModelLoadError(f"{spec.onnx_file.name} is missing")
     actual = sha256_of(spec.onnx_file)
@@ -73,28 +137,65 @@ def open_session(spec: ModelSpec, policy: DevicePolicy, intra_op_threads: int) -
             f"device policy require_gpu, but {CUDA} is not available "
             f"(available: {', '.join(available_providers())})"
         )
+    if policy is DevicePolicy.MEASURE:
+        return _measured(spec, intra_op_threads, batch_sizes)
     providers = requested_providers(policy)
     if providers[0] != CPU:
         _preload_cuda_libraries()
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Worker threads must not spin between our small runs: they would eat the cores
-    # that the gRPC event loop needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = ort.InferenceSession(str(spec.onnx_file), options, providers=providers)
-    except Exception as exc:  # ORT raises several types for bad graphs
-        raise ModelLoadError(f"ONNX Runtime cannot load model.onnx: {exc}") from exc
-
+    session = _create(spec, providers, intra_op_threads)
     provider = session.get_providers()[0]
     if policy is DevicePolicy.REQUIRE_GPU and provider != CUDA:
         raise ModelLoadError(f"device policy require_gpu, but the session runs on {provider}")
     _check_signature(spec, session)
     return ModelSession(session, provider, tuple(o.name for o in spec.outputs))
+
+
+def _time_run(
+    run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray]
+) -> float:
+    """Median of a few runs after one warm-up (first runs allocate and pick kernels)."""
+    run(feeds)
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        run(feeds)
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))
+
+
+def _measured(spec: ModelSpec, intra_op_threads: int, batch_sizes: tuple[int, ...]) -> ModelSession:
+    """Run the model on each available provider at the expected batch sizes; route each
+    batch size to the faster one. The numbers are kept for metadata and metrics."""
+    outputs = tuple(o.name for o in spec.outputs)
+    cpu = _create(spec, [CPU], intra_op_threads)
+    _check_signature(spec, cpu)
+    model = ModelSession(cpu, CPU, outputs)
+    if not spec.goldens:
+        return model
+    sample = spec.goldens[0].inputs
+    sizes = sorted(set(batch_sizes))
+
+    def feeds(n: int) -> dict[str, np.ndarray]:
+        return {k: np.repeat(v[:1], n, axis=0) for k, v in sample.items()}
+
+    model.placement[CPU] = {n: _time_run(lambda f: cpu.run(outputs, f), feeds(n)) for n in sizes}
+    if CUDA not in available_providers():
+        return model
+    _preload_cuda_libraries()
+    gpu = _create(spec, [(CUDA, CUDA_OPTIONS), CPU], intra_op_threads)
+    if gpu.get_providers()[0] != CUDA:
+        log.warning("%s: CUDA provider did not load; measured placement stays on CPU", spec.name)
+        return model
+    model.placement[CUDA] = {
+        n: _time_run(lambda f: _run_bound(gpu, f, outputs), feeds(n)) for n in sizes
+    }
+    faster = [n for n in sizes if model.placement[CUDA][n] < model.placement[CPU][n]]
+    # Route to the GPU from the smallest size where it wins and keeps winning above it.
+    for i, n in enumerate(sizes):
+        if all(m in faster for m in sizes[i:]):
+            model.gpu_session, model.gpu_from_batch = gpu, n
+            break
+    return model
 
 
 def _check_signature(spec: ModelSpec, session: ort.InferenceSession) -> None:

@@ -16,6 +16,7 @@ class DevicePolicy(StrEnum):
     ALLOW_CPU_FALLBACK = "allow_cpu_fallback"  # CUDA when it loads, else CPU
     REQUIRE_GPU = "require_gpu"  # CUDA or the model never becomes ready
     CPU_ONLY = "cpu_only"  # never ask for CUDA
+    MEASURE = "measure"  # time each available provider at load; route batch sizes to the faster
 
 
 # Which models each service process serves unless NNSERVE_MODELS says otherwise.
