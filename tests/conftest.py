@@ -30,8 +30,8 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     repository = tmp_path_factory.mktemp("model_repository")
     for name in ALL_MODELS:
-        checkpoint = train(name, dry_run=True, runs_dir=runs)
-        export_model(checkpoint, repository)
+        result = train(name, dry_run=True, runs_dir=runs, progress=False)
+        export_model(result.checkpoint, repository)
     return repository
 
 
