@@ -495,6 +495,8 @@ def test_dashboard_shows_the_required_views(dashboard: dict[str, Any]) -> None:
         "nnserve:compute_seconds:p99_5m",
         "nnserve_requests_total",
         'code!="OK"',
+        "nnserve:requests:error_ratio_5m",
+        "nnserve:requests:client_error_ratio_5m",
         "nnserve_queue_depth",
         "nnserve_batch_size_bucket",
         "nnserve_inflight_requests",
@@ -587,7 +589,8 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class SyntheticExporter:
     """Serves the metrics of docs/metrics.md for one model ("mlp") with known values.
 
-    Every tick: 4 requests of which 1 is INVALID_ARGUMENT (error ratio 0.25), each taking
+    Every tick: 4 requests of which 1 is INTERNAL (server-side error ratio 0.25) and 1 is
+    INVALID_ARGUMENT (client error ratio 0.25, not part of the paging ratio), each taking
     7 ms (in the (5 ms, 10 ms] bucket, so p99 = 9.95 ms), queue wait 1.5 ms, compute 3 ms,
     one batch of 4 rows. A second model ("cnn") is loaded but not ready.
     """
@@ -618,7 +621,7 @@ class SyntheticExporter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for code in ("OK", "OK", "OK", "INVALID_ARGUMENT"):
+            for code in ("OK", "OK", "INTERNAL", "INVALID_ARGUMENT"):
                 self.requests.labels("mlp", "1", "Classify", code).inc()
                 self.duration.labels("mlp", "1", "Classify").observe(0.007)
                 self.queue_wait.labels("mlp", "1").observe(0.0015)
@@ -652,6 +655,9 @@ def test_rules_compute_from_scraped_metrics() -> None:
             assert value("nnserve:queue_wait_seconds:p99_1m") == pytest.approx(0.002485)
             assert value("nnserve:compute_seconds:p99_1m") == pytest.approx(0.004975)
             assert value("nnserve:requests:error_ratio_1m") == pytest.approx(0.25, abs=0.02)
+            assert value("nnserve:requests:client_error_ratio_1m") == pytest.approx(
+                0.25, abs=0.02
+            )
             assert value("nnserve:batch_size:mean_1m") == pytest.approx(4)
 
             alerts = prom.wait_for(
