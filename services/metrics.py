@@ -71,7 +71,7 @@ class Metrics:
         )  # fmt: skip
         self.model_ready = Gauge(
             "nnserve_model_ready", "1 when the model version is loaded, checked and serving.",
-            ["model", "version", "provider"], registry=r, multiprocess_mode="livemin",
+            ["model", "version"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.model_load_seconds = Gauge(
             "nnserve_model_load_seconds", "Load, golden check and warm-up time.",

@@ -8,6 +8,7 @@ serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ class ModelRegistry:
         mv.reason = reason
         self._update_serving(mv.name)
         ready = 1.0 if state is ModelState.READY else 0.0
-        self._metrics.model_ready.labels(mv.name, str(mv.version), mv.provider or "none").set(ready)
+        self._metrics.model_ready.labels(mv.name, str(mv.version)).set(ready)
         for listener in self._listeners:
             listener(mv)
 
@@ -258,9 +259,9 @@ class ModelRegistry:
             for mv in versions.values():
                 while mv.batcher is not None and mv.batcher.busy:
                     await asyncio.sleep(0.005)
-                self._metrics.model_ready.labels(name, str(mv.version), mv.provider or "none").set(
-                    0
-                )
+                # An unloaded model is not "not ready": drop its series so no alert fires.
+                with contextlib.suppress(KeyError):
+                    self._metrics.model_ready.remove(name, str(mv.version))
             del self._models[name]
             self._update_serving(name)
 

@@ -163,7 +163,7 @@ def test_require_gpu_on_cpu_machine_leaves_model_unready_others_serve(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "require_gpu" in err.value.details()
         assert stub.ModelInfer(infer_request("mlp", golden_inputs(scratch_repository, "mlp")))
-        assert 'nnserve_model_ready{model="cnn",provider="none",version="1"} 0.0' in metrics_text(
+        assert 'nnserve_model_ready{model="cnn",version="1"} 0.0' in metrics_text(
             server
         )
 
