@@ -610,9 +610,9 @@ class SyntheticExporter:
             "nnserve_compute_seconds", "-", [*mv, "provider"], buckets=seconds, registry=reg
         )
         self.batch = Histogram("nnserve_batch_size", "-", mv, buckets=ROWS_BUCKETS, registry=reg)
-        ready = Gauge("nnserve_model_ready", "-", [*mv, "provider"], registry=reg)
-        ready.labels("mlp", "1", "CPUExecutionProvider").set(1)
-        ready.labels("cnn", "1", "CPUExecutionProvider").set(0)
+        ready = Gauge("nnserve_model_ready", "-", mv, registry=reg)
+        ready.labels("mlp", "1").set(1)
+        ready.labels("cnn", "1").set(0)
         self._server, self._thread = start_http_server(0, addr="127.0.0.1", registry=reg)
         self.address = f"127.0.0.1:{self._server.server_port}"
         self._stop = threading.Event()
