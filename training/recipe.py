@@ -1,0 +1,51 @@
+"""What the model-agnostic trainer needs to know about one reference model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+# A split is a dict of equally long arrays, e.g. {"x": (N, 8), "y": (N,)}.
+Split = dict[str, np.ndarray]
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    metadata: dict[str, Any]  # labels, features / vocabulary, split description ...
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Additional results a recipe computes after training (e.g. a baseline model)."""
+
+    metrics: dict[str, float | int | str | bool] = field(default_factory=dict)
+    # Stored in the checkpoint under "artifacts" (tensors, numbers, strings only).
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # model name in the repository
+    family: str  # perceptron|mlp|cnn|lstm|transformer
+    task: str  # classify|sequence
+    description: str
+    config_cls: type[TrainConfig]
+    load_data: Callable[[Any], Dataset]
+    build_model: Callable[[Any, dict[str, Any]], nn.Module]
+    make_loss: Callable[[Any], LossFn]  # config -> loss(model, batch)
+    evaluate: Callable[[nn.Module, Split, int], dict[str, float]]
+    monitor: str  # validation metric for early stopping (higher is better)
+    quality_bar: tuple[str, float]  # held-out metric and its minimum
+    extra: Callable[[Any, Dataset, nn.Module], Extra] | None = None
