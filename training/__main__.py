@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     start = time.perf_counter()
     for name in names:
-        result = train(name, dry_run=args.dry_run, runs_dir=args.runs, progress=not args.no_progress)
+        result = train(
+            name, dry_run=args.dry_run, runs_dir=args.runs, progress=not args.no_progress
+        )
         bar = result.metrics["quality_bar"]
         print(
             f"{name:12s} held-out accuracy={result.metrics['accuracy']:.4f} "

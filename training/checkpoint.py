@@ -50,7 +50,7 @@ def save_checkpoint(
         "data": metadata,
         "history": history,
         "artifacts": artifacts or {},
-        "versions": {"nnserve": NNSERVE_VERSION, "torch": torch.__version__},
+        "versions": {"nnserve": NNSERVE_VERSION, "torch": str(torch.__version__)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on training machines or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -20,8 +20,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_history(ax_loss: Axes, ax_metric: Axes, history: list[dict[str, float]], title: str,
-                 monitor: str) -> None:
+def plot_history(
+    ax_loss: Axes, ax_metric: Axes, history: list[dict[str, float]], title: str, monitor: str
+) -> None:
     epochs = [r["epoch"] for r in history]
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train loss")
     if history and "val_loss" in history[0]:

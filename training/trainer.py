@@ -101,9 +101,7 @@ def fit(
     for epoch in bar:
         model.train()
         losses: list[float] = []
-        for idx in batch_indices(n, config.batch_size, rng, train.get("lengths"))[
-            :steps_per_epoch
-        ]:
+        for idx in batch_indices(n, config.batch_size, rng, train.get("lengths"))[:steps_per_epoch]:
             loss = loss_fn(model, _to_batch(train, idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,7 +127,9 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 result.stopped_early = True
-                log.info("%s: early stop at epoch %d (best %d)", recipe.name, epoch, result.best_epoch)
+                log.info(
+                    "%s: early stop at epoch %d (best %d)", recipe.name, epoch, result.best_epoch
+                )
                 break
     bar.close()
     model.load_state_dict(best_state)

@@ -170,8 +170,8 @@ def make_loans(
     labels = np.where(flip, ~y, y).astype(np.int64)
     x = x.astype(np.float32)
     order = rng.permutation(n)
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return LoanData(
         rule=rule,

@@ -52,8 +52,7 @@ _GRAMMARS: dict[str, str] = {
         "<storage.object.written>?<job.completed>"
     ),
     "session": (
-        "<session.created><user.login.succeeded><session.refreshed>*"
-        "<user.logout><session.closed>"
+        "<session.created><user.login.succeeded><session.refreshed>*<user.logout><session.closed>"
     ),
     "payment": (
         "<payment.authorization.requested><payment.gateway.called>"
@@ -149,7 +148,13 @@ def _instance(kind: str, rng: random.Random) -> list[str]:
         return ["job.enqueued", "job.dequeued", "job.started", *steps, *stored, "job.completed"]
     if kind == "session":
         refresh = ["session.refreshed"] * rng.randint(0, 2)
-        return ["session.created", "user.login.succeeded", *refresh, "user.logout", "session.closed"]
+        return [
+            "session.created",
+            "user.login.succeeded",
+            *refresh,
+            "user.logout",
+            "session.closed",
+        ]
     if kind == "free":
         return [rng.choice(_FREE_EVENTS)]
     return _events_in(_GRAMMARS[kind])
@@ -358,8 +363,8 @@ def make_logs(
     # deterministically (sha512), independent of PYTHONHASHSEED.
     rng = random.Random(f"nnserve-logs-{seed}")
     runs = [_one_run(rng, max_length, anomaly_rate, concurrency) for _ in range(n)]
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
     return LogData(
         train=_encode(runs[n_test + n_val :], max_length),
         val=_encode(runs[n_test : n_test + n_val], max_length),

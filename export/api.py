@@ -1,0 +1,163 @@
+"""Python API: export one checkpoint into a model repository behind the parity gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import torch
+
+from export import OPSET, goldens, manifest, parity, repository
+from export.errors import ExportError
+from export.onnx_export import to_onnx
+from export.spec import IOSpec, io_spec
+from training import NNSERVE_VERSION
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.recipe import Dataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    name: str
+    version: int
+    path: Path  # <repository>/<name>/<version>
+    parity: parity.ParityReport
+    seconds: float
+
+
+def _golden_set(
+    family: str,
+    model: torch.nn.Module,
+    spec: IOSpec,
+    data: Dataset,
+    meta: dict[str, Any],
+    seed: int,
+) -> goldens.GoldenSet:
+    if family in ("perceptron", "mlp"):
+        return goldens.tabular_goldens(model, spec, data.test["x"], meta["features"], seed)
+    if family == "cnn":
+        return goldens.image_goldens(model, spec, data.test["x"], meta["image"]["pixel_max"], seed)
+    vocab = len(meta["vocabulary"])
+    return goldens.sequence_goldens(
+        model,
+        spec,
+        data.test["tokens"],
+        data.test["lengths"],
+        data.test["y"],
+        vocab,
+        int(meta["pad_id"]),
+        int(meta["max_length"]),
+        seed,
+    )
+
+
+def _example(spec: IOSpec, case: goldens.Case) -> tuple[torch.Tensor, ...]:
+    """Trace inputs: a golden batch (batch and sequence sizes > 1 avoid 0/1 specialisation)."""
+    return tuple(torch.from_numpy(case.inputs[t.name]) for t in spec.inputs)
+
+
+def export_model(
+    checkpoint_path: str | os.PathLike[str],
+    repository_dir: str | os.PathLike[str] = "model_repository",
+    *,
+    opset: int = OPSET,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> ExportResult:
+    """Export a checkpoint as the next version of its model; returns where it landed.
+
+    Raises :class:`ExportError` (or :class:`training.checkpoint.CheckpointError`) and
+    writes nothing when any step fails, including the parity gate.
+    """
+    start = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint_path)
+    model, config, recipe = model_from_checkpoint(ckpt)
+    name, meta = ckpt["name"], ckpt["data"]
+    if ckpt["metrics"].get("dry_run"):
+        log.warning("%s: exporting a dry-run checkpoint (one training step)", name)
+    spec = io_spec(ckpt["family"], meta)
+    data = recipe.load_data(config)
+    golden_set = _golden_set(ckpt["family"], model, spec, data, meta, seed=int(config.seed))
+    max_length = int(meta["max_length"]) if ckpt["task"] == "sequence" else None
+
+    proto = to_onnx(
+        model,
+        _example(spec, golden_set.stored[1]),
+        spec,
+        opset=opset,
+        max_length=max_length,
+        doc=ckpt.get("description", ""),
+    )
+    model_bytes = proto.SerializeToString()
+    session = parity.cpu_session(model_bytes)
+    report = parity.check_cases(
+        session, spec, golden_set.stored + golden_set.extra, atol, rtol, name
+    )
+    if ckpt["task"] == "sequence":
+        parity.check_sequence_masking(
+            session, spec, golden_set.stored + golden_set.extra, atol, rtol, name
+        )
+
+    repo = Path(repository_dir)
+    with repository.staging(repo, name) as stage:
+        (stage / "model.onnx").write_bytes(model_bytes)
+        version = repository.next_version(repo, name)
+        document = manifest.build(
+            checkpoint=ckpt,
+            version=version,
+            spec=spec,
+            onnx_info={
+                "file": "model.onnx",
+                "sha256": hashlib.sha256(model_bytes).hexdigest(),
+                "opset": opset,
+                "ir_version": int(proto.ir_version),
+            },
+            producer={
+                "nnserve": NNSERVE_VERSION,
+                "torch": torch.__version__.split("+")[0],
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+            goldens={
+                "atol": atol,
+                "rtol": rtol,
+                "cases": [goldens.case_to_json(c) for c in golden_set.stored],
+            },
+        )
+        text = manifest.dumps(document)
+        # Check what the services will read: the JSON text, decoded again.
+        reread = json.loads(text)
+        manifest.validate(reread)
+        parity.check_cases(
+            session,
+            spec,
+            goldens.cases_from_json(reread["goldens"]["cases"], spec),
+            atol,
+            rtol,
+            name,
+        )
+        on_disk = (stage / "model.onnx").read_bytes()
+        if hashlib.sha256(on_disk).hexdigest() != reread["onnx"]["sha256"]:
+            raise ExportError(f"{name}: model.onnx on disk does not match its sha256")
+        (stage / "model.json").write_text(text)
+        target = repository.publish(stage, repo, name, version)
+    seconds = time.perf_counter() - start
+    log.info("%s: exported version %d -> %s (%s)", name, version, target, report.summary())
+    return ExportResult(name=name, version=version, path=target, parity=report, seconds=seconds)
+
+
+def has_version(repository_dir: str | os.PathLike[str], name: str) -> bool:
+    return bool(repository.versions(Path(repository_dir), name))

@@ -1,0 +1,181 @@
+"""Build and validate model.json (docs/model-json.md, export/model.schema.json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from export.errors import ManifestError
+from export.spec import IOSpec
+
+SCHEMA_VERSION = 1
+# Serving defaults (service settings may override): small models, latency-first batching.
+SERVING_DEFAULTS: dict[str, Any] = {
+    "device_policy": "allow_cpu_fallback",
+    "max_batch_size": 64,
+    "max_queue_delay_ms": 2.0,
+}
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    text = resources.files("export").joinpath("model.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return loaded
+
+
+_NUMBER_ARRAY = re.compile(r"\[\s*(-?[0-9][-+0-9.eE,\s]*?)\s*\]")
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """Indented JSON with number arrays (shapes, golden data) kept on one line each."""
+    text = json.dumps(document, indent=1, allow_nan=False)
+    return _NUMBER_ARRAY.sub(lambda m: "[" + "".join(m.group(1).split()) + "]", text) + "\n"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _metrics(ckpt_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's held-out metrics in model.json form (flat, JSON scalars)."""
+    extra: dict[str, Any] = {}
+    for key, value in ckpt_metrics.get("extra", {}).items():
+        if isinstance(value, bool | int | float | str):
+            extra[key] = value
+    bar = ckpt_metrics.get("quality_bar", {})
+    if bar:
+        extra["quality_bar_metric"] = bar["metric"]
+        extra["quality_bar_min"] = bar["min"]
+        extra["quality_bar_passed"] = bool(bar["passed"])
+    extra["dry_run"] = bool(ckpt_metrics.get("dry_run", False))
+    extra["epochs_run"] = int(ckpt_metrics.get("epochs_run", 0))
+    return {
+        "split": ckpt_metrics["split"],
+        "accuracy": float(ckpt_metrics["accuracy"]),
+        "f1": float(ckpt_metrics["f1"]),
+        "train_seconds": float(ckpt_metrics["train_seconds"]),
+        "extra": extra,
+    }
+
+
+def task_section(task: str, spec: IOSpec, data: dict[str, Any]) -> dict[str, Any]:
+    if task == "classify":
+        section: dict[str, Any] = {
+            "input": spec.inputs[0].name,
+            "scores_output": "probabilities",
+            "kind": data["kind"],
+        }
+        if data["kind"] == "tabular":
+            section["features"] = data["features"]
+        else:
+            section["image"] = data["image"]
+        return {"classify": section}
+    return {
+        "sequence": {
+            "tokens_input": "tokens",
+            "lengths_input": "lengths",
+            "sequence_scores_output": "sequence_probabilities",
+            "position_scores_output": "position_scores",
+            "max_length": int(data["max_length"]),
+            "pad_id": int(data["pad_id"]),
+            "unknown_id": data["unknown_id"],
+            "vocabulary": list(data["vocabulary"]),
+            "numeric_input": None,
+        }
+    }
+
+
+def build(
+    *,
+    checkpoint: dict[str, Any],
+    version: int,
+    spec: IOSpec,
+    onnx_info: dict[str, Any],
+    producer: dict[str, str],
+    goldens: dict[str, Any],
+) -> dict[str, Any]:
+    data = checkpoint["data"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": checkpoint["name"],
+        "version": version,
+        "family": checkpoint["family"],
+        "task": checkpoint["task"],
+        "description": checkpoint.get("description", ""),
+        "created_at": utc_now(),
+        "onnx": onnx_info,
+        "producer": producer,
+        "inputs": [t.to_json() for t in spec.inputs],
+        "outputs": [t.to_json() for t in spec.outputs],
+        "labels": list(data["labels"]),
+        **task_section(checkpoint["task"], spec, data),
+        "metrics": _metrics(checkpoint["metrics"]),
+        "serving": dict(SERVING_DEFAULTS),
+        "goldens": goldens,
+    }
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    """JSON Schema + the cross-field rules a schema cannot express; raises ManifestError."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(root)"
+        raise ManifestError(f"model.json violates the schema at {where}: {first.message}")
+    tensors = {t["name"]: t for t in (*manifest["inputs"], *manifest["outputs"])}
+    inputs = {t["name"] for t in manifest["inputs"]}
+    outputs = {t["name"] for t in manifest["outputs"]}
+    n_labels = len(manifest["labels"])
+
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise ManifestError(f"model.json: {message}")
+
+    if manifest["task"] == "classify":
+        c = manifest["classify"]
+        need(c["input"] in inputs, f"classify.input {c['input']!r} is not an input")
+        need(c["scores_output"] in outputs, "classify.scores_output is not an output")
+        need(tensors[c["scores_output"]]["shape"][1:] == [n_labels], "scores shape != labels")
+        shape = tensors[c["input"]]["shape"]
+        if c["kind"] == "tabular":
+            need(shape[1:] == [len(c["features"])], "features do not match the input width")
+        else:
+            img = c["image"]
+            need(
+                shape[1:] == [img["channels"], img["height"], img["width"]],
+                "image section does not match the input shape",
+            )
+    else:
+        s = manifest["sequence"]
+        need(s["tokens_input"] in inputs and s["lengths_input"] in inputs, "sequence inputs")
+        need(s["sequence_scores_output"] in outputs, "sequence_scores_output is not an output")
+        need(len(s["vocabulary"]) > s["pad_id"], "pad_id outside the vocabulary")
+        unk = s["unknown_id"]
+        need(unk is None or len(s["vocabulary"]) > unk, "unknown_id outside the vocabulary")
+    seen: set[str] = set()
+    for case in manifest["goldens"]["cases"]:
+        need(case["name"] not in seen, f"duplicate golden case {case['name']!r}")
+        seen.add(case["name"])
+        need(set(case["inputs"]) == inputs, f"case {case['name']!r} must feed every input")
+        need(set(case["outputs"]) <= outputs, f"case {case['name']!r} names unknown outputs")
+        for name, arr in (*case["inputs"].items(), *case["outputs"].items()):
+            declared = tensors[name]["shape"]
+            need(
+                int(np.prod(arr["shape"])) == len(arr["data"]),
+                f"case {case['name']!r}: {name} data length does not match its shape",
+            )
+            need(
+                len(arr["shape"]) == len(declared)
+                and all(d in (-1, s) for d, s in zip(declared, arr["shape"], strict=True)),
+                f"case {case['name']!r}: {name} shape {arr['shape']} does not fit {declared}",
+            )

@@ -1,0 +1,135 @@
+"""The parity gate: ONNX Runtime (CPU) must reproduce PyTorch on every golden case."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from export.errors import ParityError
+from export.goldens import Case
+from export.spec import IOSpec
+
+
+@dataclass
+class ParityReport:
+    cases: int = 0
+    batch_sizes: set[int] = field(default_factory=set)
+    lengths: set[int] = field(default_factory=set)  # sequence lengths covered
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # per output
+
+    def summary(self) -> str:
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs_diff.items())
+        text = f"{self.cases} cases, batch sizes {sorted(self.batch_sizes)}"
+        if self.lengths:
+            text += (
+                f", {len(self.lengths)} distinct lengths ({min(self.lengths)}..{max(self.lengths)})"
+            )
+        return f"{text}; max |ort - torch|: {diffs}"
+
+
+def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def worst(
+    actual: np.ndarray, golden: np.ndarray, atol: float, rtol: float
+) -> tuple[float, float, tuple[int, ...]]:
+    """(excess over tolerance, |diff| there, index) of the worst element; excess <= 0 passes."""
+    a = actual.astype(np.float64)
+    g = golden.astype(np.float64)
+    diff = np.abs(a - g)
+    excess = diff - (atol + rtol * np.abs(g))
+    excess = np.where(np.isnan(a) != np.isnan(g), np.inf, np.nan_to_num(excess, nan=0.0))
+    flat = int(np.argmax(excess))
+    index = tuple(int(i) for i in np.unravel_index(flat, excess.shape))
+    return float(excess.reshape(-1)[flat]), float(diff.reshape(-1)[flat]), index
+
+
+def run_case(session: ort.InferenceSession, spec: IOSpec, case: Case) -> dict[str, np.ndarray]:
+    names = [t.name for t in spec.outputs]
+    values = session.run(names, {t.name: case.inputs[t.name] for t in spec.inputs})
+    return dict(zip(names, values, strict=True))
+
+
+def check_cases(
+    session: ort.InferenceSession,
+    spec: IOSpec,
+    cases: list[Case],
+    atol: float,
+    rtol: float,
+    model_name: str,
+    report: ParityReport | None = None,
+) -> ParityReport:
+    """Raise :class:`ParityError` naming the first case/output outside tolerance."""
+    report = report or ParityReport()
+    for case in cases:
+        got = run_case(session, spec, case)
+        for t in spec.outputs:
+            actual, golden = got[t.name], case.outputs[t.name]
+            if actual.shape != golden.shape:
+                raise ParityError(
+                    f"{model_name}: parity gate failed in case {case.name!r}: output {t.name!r} "
+                    f"has shape {list(actual.shape)} in ONNX Runtime, "
+                    f"{list(golden.shape)} in PyTorch"
+                )
+            excess, diff, index = worst(actual, golden, atol, rtol)
+            if excess > 0:
+                raise ParityError(
+                    f"{model_name}: parity gate failed in case {case.name!r}: output {t.name!r} "
+                    f"differs by {diff:.3g} at index {list(index)} (ONNX Runtime "
+                    f"{float(actual[index]):.6g}, PyTorch {float(golden[index]):.6g}; allowed "
+                    f"atol {atol:g} + rtol {rtol:g} x |golden|)"
+                )
+            report.max_abs_diff[t.name] = max(
+                report.max_abs_diff.get(t.name, 0.0),
+                float(np.max(np.abs(actual.astype(np.float64) - golden))) if actual.size else 0.0,
+            )
+        first = case.inputs[spec.inputs[0].name]
+        report.cases += 1
+        report.batch_sizes.add(int(first.shape[0]))
+        if "lengths" in case.inputs:
+            report.lengths.update(int(n) for n in case.inputs["lengths"])
+    return report
+
+
+def check_sequence_masking(
+    session: ort.InferenceSession,
+    spec: IOSpec,
+    cases: list[Case],
+    atol: float,
+    rtol: float,
+    model_name: str,
+) -> None:
+    """Padded positions score exactly 0, and each row alone scores as it does in its batch."""
+    seq_name, pos_name = (t.name for t in spec.outputs)
+    for case in cases:
+        got = run_case(session, spec, case)
+        tokens, lengths = case.inputs["tokens"], case.inputs["lengths"]
+        t = tokens.shape[1]
+        padded = np.arange(t)[None, :] >= lengths[:, None]
+        if np.any(got[pos_name][padded] != 0.0):
+            raise ParityError(
+                f"{model_name}: {pos_name!r} is not exactly 0 at padded positions "
+                f"in case {case.name!r}"
+            )
+        for row in range(min(len(lengths), 8)):
+            n = int(lengths[row])
+            alone = Case(
+                name=f"{case.name}[row {row} alone]",
+                inputs={
+                    "tokens": tokens[row : row + 1, :n],
+                    "lengths": lengths[row : row + 1],
+                },
+                outputs={
+                    seq_name: got[seq_name][row : row + 1],
+                    pos_name: got[pos_name][row : row + 1, :n],
+                },
+            )
+            try:
+                check_cases(session, spec, [alone], atol, rtol, model_name)
+            except ParityError as exc:
+                raise ParityError(f"{exc} -- padding changed a real row's result") from exc
