@@ -1,0 +1,198 @@
+"""The benchmark: a quick smoke run through `python -m bench` on a tiny MLP made here,
+plus the parsers it relies on. The smoke run starts the real classify service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = ["age", "years_experience", "income", "debt_ratio"]
+
+onnx = pytest.importorskip("onnx")
+
+
+def _tiny_mlp(path: Path) -> None:
+    """features (B, 4) -> 8 -> 2 logits, softmax probabilities; fixed seeded weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(size=(4, 8)).astype(np.float32)
+    w2 = rng.normal(size=(8, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "tiny_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding one tiny `mlp` in the model.json contract."""
+    import onnxruntime as ort
+
+    root = tmp_path_factory.mktemp("repo")
+    version = root / "mlp" / "1"
+    version.mkdir(parents=True)
+    onnx_path = version / "model.onnx"
+    _tiny_mlp(onnx_path)
+    x = np.random.default_rng(0).normal(size=(3, len(FEATURES))).astype(np.float32)
+    probabilities, logits = ort.InferenceSession(str(onnx_path)).run(None, {"features": x})
+    doc: dict[str, Any] = {
+        "schema_version": 1,
+        "name": "mlp",
+        "version": 1,
+        "family": "mlp",
+        "task": "classify",
+        "description": "tiny test MLP",
+        "created_at": "2026-01-01T00:00:00Z",
+        "onnx": {
+            "file": "model.onnx",
+            "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            "opset": 17,
+            "ir_version": 8,
+        },
+        "producer": {"nnserve": "0.1.0", "onnxruntime": ort.__version__},
+        "inputs": [{"name": "features", "dtype": "FP32", "shape": [-1, len(FEATURES)]}],
+        "outputs": [
+            {"name": "probabilities", "dtype": "FP32", "shape": [-1, 2]},
+            {"name": "logits", "dtype": "FP32", "shape": [-1, 2]},
+        ],
+        "labels": ["rejected", "approved"],
+        "classify": {
+            "input": "features",
+            "scores_output": "probabilities",
+            "kind": "tabular",
+            "features": [
+                {"name": n, "unit": "", "mean": 0.0, "std": 1.0, "min": -5, "max": 5}
+                for n in FEATURES
+            ],
+        },
+        "metrics": {"split": "none", "accuracy": 0.5, "f1": 0.5, "train_seconds": 0.0},
+        "serving": {
+            "device_policy": "allow_cpu_fallback",
+            "max_batch_size": 64,
+            "max_queue_delay_ms": 2.0,
+        },
+        "goldens": {
+            "atol": 1e-4,
+            "rtol": 1e-3,
+            "cases": [
+                {
+                    "name": "b3",
+                    "inputs": {"features": {"shape": list(x.shape), "data": x.ravel().tolist()}},
+                    "outputs": {
+                        "probabilities": {"shape": [3, 2], "data": probabilities.ravel().tolist()},
+                        "logits": {"shape": [3, 2], "data": logits.ravel().tolist()},
+                    },
+                }
+            ],
+        },
+    }
+    (version / "model.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_quick_run_writes_expected_json(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench", "--repository", str(repository), "--models", "mlp",
+        "--quick", "--concurrency", "1,8", "--duration", "1s", "--warmup", "0.3s",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "infer/s" in proc.stdout  # the table was printed
+
+    doc = json.loads((out / "latest.json").read_text())
+    for key in ("machine", "options", "workload", "loadgen", "target", "memory", "floor", "points"):
+        assert key in doc, key
+    assert doc["machine"]["cpus"] >= 1
+
+    assert sorted(f["batch"] for f in doc["floor"]) == [1, 32]
+    assert all(f["inferences_per_s"] > 0 and f["p50_ms"] > 0 for f in doc["floor"])
+
+    points = {(p["api"], p["concurrency"]): p for p in doc["points"]}
+    assert set(points) == {("v2", 1), ("v2", 8), ("domain", 1), ("domain", 8)}
+    for p in points.values():
+        assert p["model"] == "mlp"
+        assert p["requests"] > 0 and p["inferences_per_s"] > 0
+        assert p["error_count"] == 0, p["error_example"]
+        assert p["response_check"] == "ok"
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
+        assert p["server_cores"] > 0 and p["client_cores"] > 0
+        assert p["mean_batch_size"] >= 1  # read from the service's /metrics
+
+    memory = doc["memory"]["after_load"]
+    assert memory["total"]["rss_mib"] > 10 and "classify" in memory["services"]
+    assert any(t["target"].startswith("mlp v2 c1 p50") for t in doc["targets"])
+    assert (out / "latest-throughput.png").stat().st_size > 0
+    assert (out / "latest-p99.png").stat().st_size > 0
+
+
+def test_duration_and_list_parsing() -> None:
+    from bench.__main__ import duration, int_list, name_list
+
+    assert duration("5") == 5.0 and duration("5s") == 5.0
+    assert duration("250ms") == pytest.approx(0.25) and duration("2m") == 120.0
+    assert int_list("1,8, 32") == [1, 8, 32]
+    assert name_list('["mlp", "cnn"]') == ["mlp", "cnn"] == name_list("mlp,cnn")
+
+
+def test_perf_analyzer_csv_and_input_data() -> None:
+    from bench.perf_analyzer import input_data, parse_csv
+
+    text = (
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+        "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
+        "p50 latency,p90 latency,p95 latency,p99 latency\n"
+        "1,2205.74,1,450,0,0,0,0,0,449,488,506,652\n"
+    )
+    [point] = parse_csv(text)
+    assert point["concurrency"] == 1 and point["inferences_per_s"] == 2205.7
+    assert point["p50_ms"] == pytest.approx(0.449) and point["p99_ms"] == pytest.approx(0.652)
+
+    row = {"tokens": np.arange(32, dtype=np.int64)[None, :], "lengths": np.array([32])}
+    data = input_data([row])["data"][0]
+    assert data["tokens"] == {"content": list(range(32)), "shape": [32]}
+    assert data["lengths"] == [32]  # batch-only input: shape left to the server's metadata
+
+
+def test_targets_flag_misses() -> None:
+    from bench.targets import evaluate
+
+    base = {"p90_ms": 1.0, "errors": {}, "error_count": 0}
+    points = [
+        {**base, "model": "mlp", "api": "v2", "concurrency": 1, "p50_ms": 0.5, "p99_ms": 1.0,
+         "inferences_per_s": 2000.0},
+        {**base, "model": "mlp", "api": "v2", "concurrency": 32, "p50_ms": 5.0, "p99_ms": 20.0,
+         "inferences_per_s": 6000.0},
+        {**base, "model": "mlp", "api": "domain", "concurrency": 32, "p50_ms": 5.0,
+         "p99_ms": 9.0, "inferences_per_s": 4800.0},
+    ]  # fmt: skip
+    result = {c["target"]: c["ok"] for c in evaluate(points)}
+    assert result["mlp v2 c1 p50 ms"] is True
+    assert result["mlp v2 c32 inferences/s"] is True
+    assert result["mlp v2 c32 p99 ms"] is False
+    assert result["mlp domain c32 inferences/s"] is False
+    assert result["mlp domain/v2 c32 throughput"] is False  # 0.8 < 0.85
