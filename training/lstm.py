@@ -32,9 +32,9 @@ class LSTMConfig(SequenceConfig):
     embed_dim: int = 32  # token embedding width
     hidden: int = 64  # LSTM hidden size
     layers: int = 1  # stacked LSTM layers
-    epochs: int = 20
+    epochs: int = 10
     lr: float = 5e-3
-    patience: int = 5
+    patience: int = 4
 
 
 class LSTMDetector(nn.Module):

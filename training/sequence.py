@@ -16,10 +16,10 @@ from training.tasks import sequence_loss_fn, sequence_split
 
 @dataclass
 class SequenceConfig(TrainConfig):
-    n_samples: int = 9000  # generated runs (70/10/20 train/val/test)
+    n_samples: int = 20000  # generated runs (70/10/20 train/val/test)
     max_length: int = 64  # longest run, in events; the exported graph accepts 1..max_length
     anomaly_rate: float = 0.4  # fraction of runs with one injected anomaly
-    concurrency: int = 3  # most life cycles open at once in a generated run
+    concurrency: int = 2  # most life cycles open at once in a generated run
     position_loss_weight: float = 1.0  # weight of the per-position BCE next to the sequence CE
     position_pos_weight: float = 5.0  # BCE weight of anomalous positions (they are rare)
     batch_size: int = 64

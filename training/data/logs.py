@@ -348,11 +348,11 @@ def _encode(runs: list[tuple[list[str], list[int], int]], max_length: int) -> Se
 
 
 def make_logs(
-    n: int = 9000,
+    n: int = 20000,
     seed: int = 7,
     max_length: int = 64,
     anomaly_rate: float = 0.4,
-    concurrency: int = 3,
+    concurrency: int = 2,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
 ) -> LogData:
