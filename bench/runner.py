@@ -213,6 +213,8 @@ def run_point(
         **result.summary(workload.rows_per_request),
     }
     point.update(meter.figures(result.requests))
+    # One load process is single-threaded Python: near one core busy, it is the limit.
+    point["loadgen_saturated"] = point["client_cores"] >= 0.85 * result.processes
     return point
 
 
@@ -238,6 +240,8 @@ def _log_point(p: dict[str, Any], index: int, total: int) -> None:
     )
     if p["error_count"]:
         log.warning("  errors %s, e.g. %s", p["errors"], p["error_example"])
+    if p["loadgen_saturated"]:
+        log.warning("  the load generator was near its CPU limit: try --clients 2 or more")
     if p["response_check"] != "ok":
         log.warning("  response check failed: %s", p["response_check"])
 
