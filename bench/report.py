@@ -116,8 +116,13 @@ def table(doc: dict[str, Any]) -> str:
         ]
         parts.append("perf_analyzer (separate tool: compare its numbers only with each other)")
         parts.append(_rows_table(header[:8], pa_rows))
-    elif pa.get("status"):
-        parts.append(f"perf_analyzer: {pa['status']}")
+    if pa.get("status") and pa["status"] != "ok":
+        failed = sorted({e["model"] for e in pa.get("errors", [])})
+        reason = pa["errors"][0]["error"] if pa.get("errors") else ""
+        parts.append(
+            f"perf_analyzer: {pa['status']}"
+            + (f" ({', '.join(failed)}: {reason})" if failed else "")
+        )
     memory = doc.get("memory") or {}
     for when in ("after_load", "after_run"):
         if memory.get(when):

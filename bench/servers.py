@@ -192,9 +192,38 @@ def wait_serving(service: Service, timeout_s: float = 120.0) -> None:
                 f"{service.name} service: {pending[0] or 'server'} not SERVING after "
                 f"{timeout_s:.0f} s ({reasons})\n{service.log_tail()}"
             )
+    if service.workers > 1:
+        _wait_all_workers(service, deadline)
     if service._reserved is not None:  # the workers hold the port now
         service._reserved.close()
         service._reserved = None
+
+
+def _wait_all_workers(service: Service, deadline: float) -> None:
+    """With SO_REUSEPORT each new connection lands on some worker: ask over many fresh
+    connections until every one of them answers SERVING for every model."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    probes = 4 * service.workers
+    while time.monotonic() < deadline:
+        serving = 0
+        for _ in range(probes):
+            with grpc.insecure_channel(service.address, options=options) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    ok = all(
+                        stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                        for name in ["", *service.models]
+                    )
+                except grpc.RpcError:
+                    ok = False
+                serving += ok
+        if serving == probes:
+            return
+        time.sleep(0.2)
+    raise ServiceError(
+        f"{service.name} service: not every worker SERVING in time\n{service.log_tail()}"
+    )
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}\s+(\S+)$")
