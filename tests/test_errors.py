@@ -156,7 +156,7 @@ def test_message_too_large(scratch_repository: Path, model_repository: Path) -> 
         assert v2(server).ModelInfer(ok).outputs
 
 
-def test_queue_full_and_expired_deadline(scratch_repository: Path, model_repository: Path) -> None:
+def test_queue_full(scratch_repository: Path, model_repository: Path) -> None:
     """A tiny queue and a slow model: concurrent requests overflow it; the others succeed."""
     settings = make_settings(
         scratch_repository,
@@ -200,19 +200,37 @@ def test_queue_full_and_expired_deadline(scratch_repository: Path, model_reposit
         assert codes.count(Code.OK) >= 2, codes
         assert set(codes) <= {Code.OK, Code.RESOURCE_EXHAUSTED}
 
-        # Deadline: queue behind slow work with a deadline shorter than the wait.
+        # The server still serves normally afterwards.
+        assert stub.ModelInfer(heavy, timeout=60).outputs
+
+
+def test_deadline_exceeded_while_queued(scratch_repository: Path, model_repository: Path) -> None:
+    settings = make_settings(
+        scratch_repository, service="sequence", models=["transformer"], max_batch_size=1,
+        inference_threads=1,
+    )  # fmt: skip
+    with running_server(settings) as server:
+        max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
+        heavy = infer_request(
+            "transformer",
+            {
+                "tokens": np.full((64, max_length), 2, np.int64),
+                "lengths": np.full(64, max_length, np.int64),
+            },
+        )
+        stub = v2(server)
+        # Six heavy requests run one at a time: well over 30 ms of queued work.
         blockers = [
-            threading.Thread(target=lambda: stub.ModelInfer(heavy, timeout=60)) for _ in range(2)
+            threading.Thread(target=lambda: stub.ModelInfer(heavy, timeout=60)) for _ in range(6)
         ]
         for t in blockers:
             t.start()
-        time.sleep(0.05)
+        time.sleep(0.01)
         with pytest.raises(grpc.RpcError) as err:
-            stub.ModelInfer(heavy, timeout=0.02)
+            stub.ModelInfer(heavy, timeout=0.03)
         assert err.value.code() == Code.DEADLINE_EXCEEDED
         for t in blockers:
             t.join()
-        # The server still serves normally afterwards.
         assert stub.ModelInfer(heavy, timeout=60).outputs
 
 
@@ -238,7 +256,7 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
         stub = v2(server)
         rows_before = _metric_sum(server, "nnserve_batch_size_sum", "transformer")
         blockers = [
-            threading.Thread(target=lambda: stub.ModelInfer(heavy, timeout=60)) for _ in range(3)
+            threading.Thread(target=lambda: stub.ModelInfer(heavy, timeout=60)) for _ in range(6)
         ]
         for t in blockers:
             t.start()
@@ -251,7 +269,7 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
         time.sleep(0.05)
         # Only the blockers' rows were computed: the expired request never ran.
         rows_after = _metric_sum(server, "nnserve_batch_size_sum", "transformer")
-        assert rows_after - rows_before == 3 * 64
+        assert rows_after - rows_before == 6 * 64
 
 
 def _metric_sum(server: RunningServer, metric: str, model: str) -> float:

@@ -79,12 +79,12 @@ def test_in_flight_requests_complete_during_drain(
 ) -> None:
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        max_batch_size=8,
+        max_batch_size=64,
     )  # fmt: skip
     with running_server(settings) as server:
         max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-        tokens = np.full((8, max_length), 2, np.int64)
-        lengths = np.full(8, max_length, np.int64)
+        tokens = np.full((64, max_length), 2, np.int64)  # a full batch: ~10+ ms of compute
+        lengths = np.full(64, max_length, np.int64)
         request = infer_request("transformer", {"tokens": tokens, "lengths": lengths})
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         results: list[str] = []
@@ -99,8 +99,10 @@ def test_in_flight_requests_complete_during_drain(
         threads = [threading.Thread(target=send) for _ in range(8)]
         for t in threads:
             t.start()
+        # Each request is a full batch and one runs at a time: wait until one runs and
+        # seven queue, so all eight are in the server when the drain starts.
         deadline = time.monotonic() + 5
-        while server.server.registry.resolve("transformer").batcher.queue_depth < 3:  # type: ignore[union-attr]
+        while server.server.registry.resolve("transformer").batcher.queue_depth < 7:  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "requests never queued"
             time.sleep(0.001)
         server.call(server.server.stop(grace=20.0))
@@ -136,8 +138,9 @@ def test_reflection_lists_services(classify_server: RunningServer) -> None:
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
-    method = database.FindSymbol("nnserve.v1.Predictor")
-    assert method is not None
+    file = database.FindFileContainingSymbol("nnserve.v1.Predictor")
+    assert file.package == "nnserve.v1"
+    assert "Classify" in {m.name for m in file.service[0].method}
 
 
 def test_require_gpu_on_cpu_machine_leaves_model_unready_others_serve(
@@ -163,9 +166,7 @@ def test_require_gpu_on_cpu_machine_leaves_model_unready_others_serve(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "require_gpu" in err.value.details()
         assert stub.ModelInfer(infer_request("mlp", golden_inputs(scratch_repository, "mlp")))
-        assert 'nnserve_model_ready{model="cnn",version="1"} 0.0' in metrics_text(
-            server
-        )
+        assert 'nnserve_model_ready{model="cnn",version="1"} 0.0' in metrics_text(server)
 
 
 def test_failed_golden_check_keeps_model_unready(scratch_repository: Path) -> None:
