@@ -71,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    import torch
+
     from export.errors import ExportError
+    from training.api import default_threads
     from training.checkpoint import CheckpointError
+
+    torch.set_num_threads(default_threads())
 
     failures = 0
     if args.checkpoint is not None:

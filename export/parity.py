@@ -32,6 +32,9 @@ class ParityReport:
 def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # Golden batches are tiny; one thread avoids spin-waiting on a shared machine.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 

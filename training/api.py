@@ -34,9 +34,14 @@ class TrainResult:
 
 
 def default_threads() -> int:
-    """Torch intra-op threads: the models are small, more than 2 threads rarely helps."""
+    """Torch intra-op threads for training (env NNSERVE_TRAIN_THREADS overrides).
+
+    One: these models are tiny, so extra threads buy little, and on a shared machine
+    OpenMP threads that spin-wait for a busy core made training up to 50x slower
+    (MLP: 4 s with 1 thread, 250 s with 2 while other jobs held both cores).
+    """
     env = os.environ.get("NNSERVE_TRAIN_THREADS")
-    return int(env) if env else max(1, min(2, os.cpu_count() or 1))
+    return max(1, int(env)) if env else 1
 
 
 def checkpoint_path(runs_dir: str | os.PathLike[str], name: str, dry_run: bool = False) -> Path:
@@ -75,6 +80,8 @@ def train(
         "extra": {
             **{k: v for k, v in held_out.items() if k not in ("accuracy", "f1")},
             **(extra.metrics if extra else {}),
+            "train_cpu_seconds": round(result.train_cpu_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
         },
         "val": result.best_val,
         "epochs_run": len(result.history),

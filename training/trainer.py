@@ -30,7 +30,8 @@ class FitResult:
     best_epoch: int = 0
     best_val: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall clock
+    train_cpu_seconds: float = 0.0  # process CPU time: comparable on a busy, shared machine
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +96,7 @@ def fit(
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
     stale = 0
     start = time.perf_counter()
+    cpu_start = time.process_time()
     bar = tqdm(
         range(1, epochs + 1), desc=recipe.name, unit="epoch", disable=not progress, mininterval=1.0
     )
@@ -114,6 +116,7 @@ def fit(
             "train_loss": float(np.mean(losses)),
             "lr": float(scheduler.get_last_lr()[0]),
             "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
             **{f"val_{k}": v for k, v in metrics.items()},
         }
         result.history.append(row)
@@ -135,4 +138,5 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     result.train_seconds = time.perf_counter() - start
+    result.train_cpu_seconds = time.process_time() - cpu_start
     return result
