@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(default_threads())
 
     failures = 0
+    jobs: list[tuple[str, str | None]]
     if args.checkpoint is not None:
         jobs = [("checkpoint", None)]
     else:

@@ -129,6 +129,8 @@ class TransformerDetector(nn.Module):
             for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(d)
+        self.slopes: torch.Tensor
+        self.directions: torch.Tensor
         slopes, directions = directional_slopes(config.heads, config.look_ahead_heads)
         # Derived from the config, so not part of the state_dict.
         self.register_buffer("slopes", slopes, persistent=False)
