@@ -40,6 +40,7 @@ def next_version(repository: Path, name: str) -> int:
 def staging(repository: Path, name: str) -> Iterator[Path]:
     """A private folder next to the versions; removed (with an emptied model folder) on error."""
     folder = repository / name
+    created_repo = not repository.exists()
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -50,9 +51,11 @@ def staging(repository: Path, name: str) -> Iterator[Path]:
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        # Only folders this call created, and only when empty (a failed first export).
         if created:
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when empty: a failed first export
+                folder.rmdir()
+        if created_repo:
             with contextlib.suppress(OSError):
                 repository.rmdir()
 
