@@ -7,12 +7,13 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.config import TrainConfig
 from training.data.digits import DigitsData, load_digits_data
-from training.recipe import Dataset, LossFn, Recipe
-from training.tasks import classify_evaluate, classify_loss
+from training.recipe import Batch, Dataset, LossFn, Recipe
+from training.tasks import classify_evaluate
 
 
 @dataclass
@@ -20,10 +21,11 @@ class CNNConfig(TrainConfig):
     channels: tuple[int, int] = (16, 32)  # output channels of the two 3x3 convolutions
     hidden: int = 64  # width of the dense layer after pooling
     dropout: float = 0.2  # on the dense layer, training only
-    epochs: int = 40
+    max_shift: int = 1  # training images are shifted by up to this many pixels (augmentation)
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
-    patience: int = 10
+    patience: int = 8  # on validation loss: 144 validation images make accuracy too coarse
 
 
 class CNN(nn.Module):
@@ -81,8 +83,28 @@ def build_model(config: CNNConfig, metadata: dict[str, Any]) -> CNN:
     return CNN(config, metadata)
 
 
+def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels in x and y, filling with 0."""
+    if max_shift <= 0:
+        return images
+    b, _, h, w = images.shape
+    pad = max_shift
+    padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,))
+    dx = torch.randint(0, 2 * pad + 1, (b,))
+    rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).view(b, 1, h, 1)  # (B, 1, H, 1)
+    cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).view(b, 1, 1, w)  # (B, 1, 1, W)
+    batch = torch.arange(b).view(b, 1, 1, 1)
+    chans = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]  # (B, C, H, W)
+
+
 def make_loss(config: CNNConfig) -> LossFn:
-    return classify_loss
+    def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        x = random_shift(batch["x"], config.max_shift)
+        return F.cross_entropy(model.logits(x), batch["y"])  # type: ignore[operator]
+
+    return loss
 
 
 RECIPE = Recipe(
@@ -95,6 +117,7 @@ RECIPE = Recipe(
     build_model=build_model,
     make_loss=make_loss,
     evaluate=classify_evaluate,
-    monitor="accuracy",
+    monitor="loss",
+    monitor_mode="min",
     quality_bar=("accuracy", 0.97),
 )

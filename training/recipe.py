@@ -46,6 +46,7 @@ class Recipe:
     build_model: Callable[[Any, dict[str, Any]], nn.Module]
     make_loss: Callable[[Any], LossFn]  # config -> loss(model, batch)
     evaluate: Callable[[nn.Module, Split, int], dict[str, float]]
-    monitor: str  # validation metric for early stopping (higher is better)
+    monitor: str  # validation metric for early stopping and best-epoch selection
     quality_bar: tuple[str, float]  # held-out metric and its minimum
     extra: Callable[[Any, Dataset, nn.Module], Extra] | None = None
+    monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)

@@ -120,8 +120,11 @@ def fit(
             **{f"val_{k}": v for k, v in metrics.items()},
         }
         result.history.append(row)
-        score = metrics[recipe.monitor]
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", **{recipe.monitor: f"{score:.4f}"})
+        value = metrics[recipe.monitor]
+        score = -value if recipe.monitor_mode == "min" else value
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.4f}", **{f"val_{recipe.monitor}": f"{value:.4f}"}
+        )
         if score > best_score + config.min_delta:
             best_score, stale = score, 0
             best_state = copy.deepcopy(model.state_dict())
