@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -323,11 +324,12 @@ def _markdown(
     ]
     for name, accs in acc_by_len.items():
         lines.append(f"| {name} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
+    load = os.getloadavg()[0]
     lines += [
         "",
         "Median latency per batch (ms, one CPU thread, padded length = sequence length"
         + (", PyTorch eager and ONNX Runtime on the exported graph" if have_ort else "")
-        + "):",
+        + f"; 1-minute load average {load:.1f} on {os.cpu_count()} cores when timed):",
         "",
     ]
     for batch, series in latency.items():
