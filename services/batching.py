@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from services.errors import DeadlineExpired, QueueFull, ServingError, Unavailabl
 from services.merge import BatchLayout
 from services.metrics import ModelMetrics
 from services.runtime import ModelSession
+from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Batcher:
         name: str,
         session: ModelSession,
         layout: BatchLayout,
-        executor: Executor,
+        threads: InferenceThreads,
         metrics: ModelMetrics,
         *,
         max_batch_size: int,
@@ -61,7 +61,7 @@ class Batcher:
         self.name = name
         self._session = session
         self._layout = layout
-        self._executor = executor
+        self._threads = threads
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
@@ -166,8 +166,9 @@ class Batcher:
     def _start(self, batch: list[_Pending]) -> None:
         self._in_flight += 1
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._run, batch)
-        job.add_done_callback(lambda done: self._finish(batch, done))
+        self._threads.submit(
+            self._run, batch, loop, lambda results, error: self._finish(batch, results, error)
+        )
 
     def _run(self, batch: list[_Pending]) -> list[Tensors]:
         """Worker thread: merge, run, split."""
@@ -183,18 +184,20 @@ class Batcher:
         named = dict(zip(self._session.output_names, outputs, strict=True))
         return self._layout.split(named, rows, lengths)
 
-    def _finish(self, batch: list[_Pending], done: asyncio.Future[list[Tensors]]) -> None:
+    def _finish(
+        self, batch: list[_Pending], results: list[Tensors], error: BaseException | None
+    ) -> None:
         self._in_flight -= 1
-        try:
-            results = done.result()
-        except Exception as exc:
-            log.exception("model %s: batch of %d requests failed", self.name, len(batch))
-            error = BatchFailed(
-                f"model {self.name!r} failed to run the batch: {type(exc).__name__}"
+        if error is not None:
+            log.error(
+                "model %s: batch of %d requests failed", self.name, len(batch), exc_info=error
+            )
+            failure = BatchFailed(
+                f"model {self.name!r} failed to run the batch: {type(error).__name__}"
             )
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(error)
+                    p.future.set_exception(failure)
         else:
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():

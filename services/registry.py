@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -23,6 +22,7 @@ from services.metrics import Metrics
 from services.repository import ModelSpec, read_spec, scan
 from services.runtime import ModelSession, check_goldens, open_session, warm_up
 from services.settings import DevicePolicy, Settings
+from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ StateListener = Callable[[ModelVersion], None]
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, threads: InferenceThreads) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._executor = executor
+        self._threads = threads
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._listeners: list[StateListener] = []
         self._lock = asyncio.Lock()
@@ -238,7 +238,7 @@ class ModelRegistry:
             f"{spec.name}/{spec.version}",
             session,
             BatchLayout.for_model(spec),
-            self._executor,
+            self._threads,
             self._metrics.for_model(spec.name, spec.version, session.providers),
             max_batch_size=self._max_batch(spec),
             max_queue_delay_s=delay_ms / 1000.0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -26,6 +25,7 @@ from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
 from services.registry import ModelRegistry, ModelVersion
 from services.settings import Settings
+from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,8 @@ class NNServeServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.inference_threads, thread_name_prefix="ort"
-        )
-        self.registry = ModelRegistry(settings, self.metrics, self.executor)
+        self.threads = InferenceThreads(settings.inference_threads)
+        self.registry = ModelRegistry(settings, self.metrics, self.threads)
         self.plane = DataPlane(self.registry, self.metrics)
         self.health = HealthServicer()
         self.started = asyncio.Event()
@@ -153,7 +151,7 @@ class NNServeServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
