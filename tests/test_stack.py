@@ -655,9 +655,7 @@ def test_rules_compute_from_scraped_metrics() -> None:
             assert value("nnserve:queue_wait_seconds:p99_1m") == pytest.approx(0.002485)
             assert value("nnserve:compute_seconds:p99_1m") == pytest.approx(0.004975)
             assert value("nnserve:requests:error_ratio_1m") == pytest.approx(0.25, abs=0.02)
-            assert value("nnserve:requests:client_error_ratio_1m") == pytest.approx(
-                0.25, abs=0.02
-            )
+            assert value("nnserve:requests:client_error_ratio_1m") == pytest.approx(0.25, abs=0.02)
             assert value("nnserve:batch_size:mean_1m") == pytest.approx(4)
 
             alerts = prom.wait_for(
