@@ -6,6 +6,7 @@ Wrapped handlers are built once per method and cached: nothing per call but the 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -94,27 +95,34 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> N
     await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
 
+@contextlib.asynccontextmanager
+async def _accounted(m: _MethodMetrics, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Count the call, turn exceptions into statuses, record code and duration."""
+    m.started.inc()
+    start = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except grpc.aio.AbortError:
+        code = _code_of(Exception(), context)
+        raise
+    except Exception as exc:
+        code = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
+        await _abort_for(exc, context)
+    except BaseException:  # cancelled by the client
+        code = "CANCELLED"
+        raise
+    finally:
+        m.handled(code).inc()
+        m.handling.observe(time.perf_counter() - start)
+
+
 def _unary(
     inner: Callable[..., Awaitable[Any]], m: _MethodMetrics
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        m.started.inc()
-        start = time.perf_counter()
-        code = "OK"
-        try:
+        async with _accounted(m, context):
             return await inner(request, context)
-        except grpc.aio.AbortError:
-            code = _code_of(Exception(), context)
-            raise
-        except Exception as exc:
-            code = _code_of(exc, context) if isinstance(exc, ServingError) else "INTERNAL"
-            await _abort_for(exc, context)
-        except BaseException:  # cancelled by the client
-            code = "CANCELLED"
-            raise
-        finally:
-            m.handled(code).inc()
-            m.handling.observe(time.perf_counter() - start)
 
     return handle
 
@@ -123,23 +131,8 @@ def _streaming(
     inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        m.started.inc()
-        start = time.perf_counter()
-        code = "OK"
-        try:
+        async with _accounted(m, context):
             async for item in inner(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            code = _code_of(Exception(), context)
-            raise
-        except Exception as exc:
-            code = _code_of(exc, context) if isinstance(exc, ServingError) else "INTERNAL"
-            await _abort_for(exc, context)
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            m.handled(code).inc()
-            m.handling.observe(time.perf_counter() - start)
 
     return handle

@@ -17,7 +17,7 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.conftest import golden_inputs, model_json
 from tests.server_harness import RunningServer, make_settings, running_server
-from tests.test_kserve_api import infer_request
+from tests.test_kserve_api import full_length_request, infer_request
 
 Code = grpc.StatusCode
 
@@ -167,15 +167,7 @@ def test_queue_full(scratch_repository: Path, model_repository: Path) -> None:
         inference_threads=1,
     )
     with running_server(settings) as server:
-        max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-        rows = 64
-        heavy = infer_request(
-            "transformer",
-            {
-                "tokens": np.full((rows, max_length), 2, np.int64),
-                "lengths": np.full(rows, max_length, np.int64),
-            },
-        )
+        heavy = full_length_request(model_repository, "transformer", 64)
         stub = v2(server)
         codes: list[grpc.StatusCode] = []
         lock = threading.Lock()
@@ -210,16 +202,10 @@ def test_deadline_exceeded_while_queued(scratch_repository: Path, model_reposito
         inference_threads=1,
     )  # fmt: skip
     with running_server(settings) as server:
-        max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-        heavy = infer_request(
-            "transformer",
-            {
-                "tokens": np.full((64, max_length), 2, np.int64),
-                "lengths": np.full(64, max_length, np.int64),
-            },
-        )
+        # A request larger than max_batch_size runs alone: 256 rows is tens of ms.
+        heavy = full_length_request(model_repository, "transformer", 256)
         stub = v2(server)
-        # Six heavy requests run one at a time: well over 30 ms of queued work.
+        # Six heavy requests run one at a time: far more than 30 ms of queued work.
         blockers = [
             threading.Thread(target=lambda: stub.ModelInfer(heavy, timeout=60)) for _ in range(6)
         ]
@@ -241,14 +227,8 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
         max_batch_size=64,
     )  # fmt: skip
     with running_server(settings) as server:
-        max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-        heavy = infer_request(
-            "transformer",
-            {
-                "tokens": np.full((64, max_length), 2, np.int64),
-                "lengths": np.full(64, max_length, np.int64),
-            },
-        )
+        # A request larger than max_batch_size runs alone: 256 rows is tens of ms.
+        heavy = full_length_request(model_repository, "transformer", 256)
         light = infer_request(
             "transformer",
             {"tokens": np.full((1, 3), 2, np.int64), "lengths": np.asarray([3], np.int64)},
@@ -269,7 +249,7 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
         time.sleep(0.05)
         # Only the blockers' rows were computed: the expired request never ran.
         rows_after = _metric_sum(server, "nnserve_batch_size_sum", "transformer")
-        assert rows_after - rows_before == 6 * 64
+        assert rows_after - rows_before == 6 * 256
 
 
 def _metric_sum(server: RunningServer, metric: str, model: str) -> float:

@@ -37,6 +37,14 @@ def infer_request(
     return request
 
 
+def full_length_request(repository: Path, name: str, rows: int) -> pb.ModelInferRequest:
+    """A sequence request of `rows` max-length rows: slow enough to keep a queue busy."""
+    max_length = model_json(repository, name)["sequence"]["max_length"]
+    tokens = np.full((rows, max_length), 2, np.int64)
+    lengths = np.full(rows, max_length, np.int64)
+    return infer_request(name, {"tokens": tokens, "lengths": lengths})
+
+
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     from services.repository import V2_TO_NUMPY
 

@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs, model_json, reference_outputs
+from tests.conftest import golden_inputs, reference_outputs
 from tests.server_harness import RunningServer, make_settings, running_server
-from tests.test_kserve_api import decode_outputs, infer_request
+from tests.test_kserve_api import decode_outputs, full_length_request, infer_request
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -82,10 +82,8 @@ def test_in_flight_requests_complete_during_drain(
         max_batch_size=64,
     )  # fmt: skip
     with running_server(settings) as server:
-        max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-        tokens = np.full((64, max_length), 2, np.int64)  # a full batch: ~10+ ms of compute
-        lengths = np.full(64, max_length, np.int64)
-        request = infer_request("transformer", {"tokens": tokens, "lengths": lengths})
+        # Larger than max_batch_size: each request runs alone for tens of milliseconds.
+        request = full_length_request(model_repository, "transformer", 256)
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         results: list[str] = []
 
