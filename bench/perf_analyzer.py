@@ -24,11 +24,13 @@ import io
 import json
 import logging
 import os
+import resource
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,10 +320,15 @@ def run_model(
                 cmd = [*base, "--stability-percentage", str(stability),
                        "--concurrency-range", f"{conc}:{conc}", "-f", str(out_csv)]  # fmt: skip
                 cmdline = " ".join(Path(c).name if c.startswith(tmp) else c for c in cmd)
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                started = time.monotonic()
                 done = subprocess.run(
                     cmd, env=tool.env(), capture_output=True, text=True,
                     timeout=window_ms / 1000 * 12 + 60,
                 )  # fmt: skip
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                client_cores = cpu / max(1e-9, time.monotonic() - started)
                 output = (done.stdout + done.stderr).strip()
                 if done.returncode == 0 or stability >= 100 or "stable measurement" not in output:
                     break
@@ -351,6 +358,8 @@ def run_model(
                 )
                 continue
             for p in parse_csv(out_csv.read_text()):
+                # perf_analyzer's own CPU over its whole run (all windows, warm-up included)
+                p["client_cores"] = round(client_cores, 3)
                 points.append({"model": model, **p, "stability_pct": stability})
     return points, cmdline
 

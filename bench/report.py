@@ -111,11 +111,16 @@ def table(doc: dict[str, Any]) -> str:
                 _fmt(p["p90_ms"], 3),
                 _fmt(p["p99_ms"], 3),
                 "-",
+                "-",
+                _fmt(p.get("client_cores")),
             ]
             for p in pa["points"]
         ]
-        parts.append("perf_analyzer (separate tool: compare its numbers only with each other)")
-        parts.append(_rows_table(header[:8], pa_rows))
+        parts.append(
+            "perf_analyzer (separate tool: compare its numbers only with each other; "
+            "cli cores over its whole run)"
+        )
+        parts.append(_rows_table(header[:10], pa_rows))
     if pa.get("status") and pa["status"] != "ok":
         failed = sorted({e["model"] for e in pa.get("errors", [])})
         reason = pa["errors"][0]["error"] if pa.get("errors") else ""

@@ -66,17 +66,23 @@ class Options:
 # ---------------------------------------------------------------------- context
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", *args], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parents[1],
-        ).stdout.strip()
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def code_version() -> dict[str, Any]:
+    """What was measured: HEAD, the last commit touching services/, and local edits there."""
+    return {
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "services_commit": _git("log", "-1", "--format=%h %s", "--", "services"),
+        "services_uncommitted": bool(_git("status", "--porcelain", "--", "services")),
+    }
 
 
 def machine_context() -> dict[str, Any]:
@@ -92,7 +98,7 @@ def machine_context() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "kernel": platform.release(),
         "loadavg_start": procstat.loadavg(),
-        "git_commit": _git_commit(),
+        **code_version(),
     }
 
 
