@@ -466,5 +466,8 @@ def run(opts: Options) -> dict[str, Any]:
     path = report.write_json(doc, opts.out, stamp)
     doc["files"] = [str(path)]
     if opts.plots:
-        doc["files"] += [str(p) for p in report.plot(doc, opts.out, stamp)]
+        try:
+            doc["files"] += [str(p) for p in report.plot(doc, opts.out, stamp)]
+        except ImportError as exc:  # matplotlib lives in the `train` extra
+            log.warning("no plots: %s", exc)
     return doc

@@ -145,7 +145,10 @@ def run(opts: Options, seconds: float, concurrency: int, interval: float) -> dic
     shutil.copyfile(path, opts.out / "latest-soak.json")
     files = [str(path)]
     if opts.plots:
-        files.append(str(_plot(doc, opts.out, stamp)))
+        try:
+            files.append(str(_plot(doc, opts.out, stamp)))
+        except ImportError as exc:  # matplotlib lives in the `train` extra
+            log.warning("no plot: %s", exc)
     doc["files"] = files
     return doc
 
