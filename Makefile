@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 REPOSITORY ?= model_repository
 
 .PHONY: venv train export models report serve-classify serve-sequence run test lint typecheck \
-        protos bench clean
+        protos bench bench-quick soak perf-analyzer gpu-check clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -50,13 +50,25 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 typecheck: venv
-	$(PY) -m mypy services training export
+	$(PY) -m mypy services training export bench
 
 protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
 	$(PY) -m protos.generate
 
 bench: models          ## benchmark table, JSON and plots in bench/results/
 	$(PY) -m bench --repository $(REPOSITORY)
+
+bench-quick: models    ## a one-minute smoke benchmark of the mlp
+	$(PY) -m bench --repository $(REPOSITORY) --quick --models mlp --concurrency 1,32
+
+soak: models           ## 10 minutes of load on the mlp: resident memory growth
+	$(PY) -m bench --repository $(REPOSITORY) --soak 600
+
+perf-analyzer: models  ## the benchmark plus Triton's perf_analyzer on the same points
+	$(PY) -m bench --repository $(REPOSITORY) --perf-analyzer
+
+gpu-check: models      ## on a machine with an NVIDIA GPU and onnxruntime-gpu
+	timeout 900 $(PY) -m bench.gpu_check --repository $(REPOSITORY)
 
 clean:
 	rm -rf runs $(REPOSITORY) reports bench/results .pytest_cache

@@ -40,6 +40,16 @@ class _Pending:
     deadline: float | None  # time.monotonic() value, None for no deadline
 
 
+@dataclass
+class BatchStats:
+    """Cumulative counts and nanoseconds for ModelStatistics (Triton's queue/compute)."""
+
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_count: int = 0
+    compute_ns: int = 0
+
+
 class BatchFailed(ServingError):
     """The batch's ONNX Runtime run failed: a server fault, reported as INTERNAL."""
 
@@ -67,6 +77,7 @@ class Batcher:
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
         self._max_queue = max_queue_size
         self._max_in_flight = max(1, max_in_flight)
+        self.stats = BatchStats()
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -159,6 +170,8 @@ class Batcher:
             queue.popleft()
             self.metrics.queue_depth.dec()
             self.metrics.queue_wait.observe(now - head.enqueued)
+            self.stats.queue_count += 1
+            self.stats.queue_ns += int((now - head.enqueued) * 1e9)
             batch.append(head)
             rows += head.rows
         return batch
@@ -167,10 +180,10 @@ class Batcher:
         self._in_flight += 1
         loop = asyncio.get_running_loop()
         self._threads.submit(
-            self._run, batch, loop, lambda results, error: self._finish(batch, results, error)
+            self._run, batch, loop, lambda outcome, error: self._finish(batch, outcome, error)
         )
 
-    def _run(self, batch: list[_Pending]) -> list[Tensors]:
+    def _run(self, batch: list[_Pending]) -> tuple[list[Tensors], float]:
         """Worker thread: merge, run, split."""
         rows = [p.rows for p in batch]
         lengths = [p.length for p in batch]
@@ -182,10 +195,13 @@ class Batcher:
         self.metrics.compute[self._session.provider_for(total)].observe(elapsed)
         self.metrics.batch_size.observe(total)
         named = dict(zip(self._session.output_names, outputs, strict=True))
-        return self._layout.split(named, rows, lengths)
+        return self._layout.split(named, rows, lengths), elapsed
 
     def _finish(
-        self, batch: list[_Pending], results: list[Tensors], error: BaseException | None
+        self,
+        batch: list[_Pending],
+        outcome: tuple[list[Tensors], float] | None,
+        error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
         if error is not None:
@@ -198,7 +214,10 @@ class Batcher:
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(failure)
-        else:
+        elif outcome is not None:
+            results, elapsed = outcome
+            self.stats.compute_count += 1
+            self.stats.compute_ns += int(elapsed * 1e9)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)

@@ -65,6 +65,8 @@ def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> Tenso
                 f"model expects {tspec.datatype}"
             )
         shape = tuple(tensor.shape)
+        if len(tspec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
+            shape = shape[:1]  # [B, 1] for a [B] input (Triton reshape)
         check_shape(tspec, shape)
         count = int(np.prod(shape))
         dtype = tspec.dtype
@@ -122,7 +124,8 @@ def model_metadata(spec: ModelSpec, versions: list[int]) -> pb.ModelMetadataResp
         name=spec.name, versions=[str(v) for v in versions], platform="onnxruntime_onnx"
     )
     for t in spec.inputs:
-        response.inputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        shape = [-1, 1] if len(t.shape) == 1 else list(t.shape)  # as Triton shows dims [1]
+        response.inputs.add(name=t.name, datatype=t.datatype, shape=shape)
     for t in spec.outputs:
         response.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
     return response
@@ -144,7 +147,13 @@ def model_config(
         default_model_filename=spec.onnx_file.name,
     )
     for t in spec.inputs:
-        config.input.add(name=t.name, data_type=_triton_type(t.datatype), dims=list(t.shape[1:]))
+        if len(t.shape) == 1:  # batch axis only: Triton's way is dims [1] + reshape []
+            item = config.input.add(name=t.name, data_type=_triton_type(t.datatype), dims=[1])
+            item.reshape.SetInParent()
+        else:
+            config.input.add(
+                name=t.name, data_type=_triton_type(t.datatype), dims=list(t.shape[1:])
+            )
     for t in spec.outputs:
         config.output.add(name=t.name, data_type=_triton_type(t.datatype), dims=list(t.shape[1:]))
     config.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_s * 1e6)

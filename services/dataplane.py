@@ -93,7 +93,6 @@ class DataPlane:
         stats.success_count += 1
         stats.success_ns += int(elapsed * 1e9)
         stats.inference_count += rows
-        stats.execution_count += 1
         stats.last_inference_ms = int(time.time() * 1000)
         return response
 

@@ -97,12 +97,18 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 version=str(mv.version),
                 last_inference=s.last_inference_ms,
                 inference_count=s.inference_count,
-                execution_count=s.execution_count,
+                execution_count=mv.batcher.stats.compute_count if mv.batcher else 0,
             )
             item.inference_stats.success.count = s.success_count
             item.inference_stats.success.ns = s.success_ns
             item.inference_stats.fail.count = s.fail_count
             item.inference_stats.fail.ns = s.fail_ns
+            if mv.batcher is not None:
+                b = mv.batcher.stats
+                item.inference_stats.queue.count = b.queue_count
+                item.inference_stats.queue.ns = b.queue_ns
+                item.inference_stats.compute_infer.count = b.compute_count
+                item.inference_stats.compute_infer.ns = b.compute_ns
         return response
 
     # ------------------------------------------------------------- repository

@@ -61,8 +61,7 @@ class InferStats:
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
-    inference_count: int = 0  # rows
-    execution_count: int = 0  # requests answered
+    inference_count: int = 0  # rows answered
     last_inference_ms: int = 0
 
 

@@ -92,8 +92,10 @@ def test_model_ready_metadata_and_config(
 
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name))
     assert meta.name == name and list(meta.versions) == ["1"]
+    # Triton shows a batch-only input ([B], e.g. lengths) as [-1, 1] and accepts [B, 1].
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-        (t["name"], t["dtype"], t["shape"]) for t in doc["inputs"]
+        (t["name"], t["dtype"], t["shape"] if len(t["shape"]) > 1 else [-1, 1])
+        for t in doc["inputs"]
     ]
     assert [t.name for t in meta.outputs] == [t["name"] for t in doc["outputs"]]
 
@@ -101,8 +103,11 @@ def test_model_ready_metadata_and_config(
     assert config.name == name
     assert config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == doc["serving"]["max_batch_size"]
-    # Triton convention: dims exclude the batch axis when max_batch_size > 0.
-    assert [list(i.dims) for i in config.input] == [t["shape"][1:] for t in doc["inputs"]]
+    # Triton convention: dims exclude the batch axis when max_batch_size > 0; a batch-only
+    # input is dims [1] reshaped to [].
+    assert [list(i.dims) for i in config.input] == [t["shape"][1:] or [1] for t in doc["inputs"]]
+    for item, t in zip(config.input, doc["inputs"], strict=True):
+        assert item.HasField("reshape") == (len(t["shape"]) == 1)
     assert config.parameters["execution_provider"].string_value == "CPUExecutionProvider"
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
@@ -113,6 +118,18 @@ def test_requested_output_subset(servers: dict[str, RunningServer], model_reposi
     request.outputs.add(name="sequence_probabilities")
     response = stub_for(servers["lstm"]).ModelInfer(request)
     assert [o.name for o in response.outputs] == ["sequence_probabilities"]
+
+
+def test_batch_only_input_accepts_triton_shape(
+    servers: dict[str, RunningServer], model_repository: Path
+) -> None:
+    """lengths declared [B] may come as [B, 1] (how Triton's clients send dims [1])."""
+    inputs = golden_inputs(model_repository, "lstm")
+    flat = stub_for(servers["lstm"]).ModelInfer(infer_request("lstm", inputs))
+    column = dict(inputs, lengths=inputs["lengths"].reshape(-1, 1))
+    shaped = stub_for(servers["lstm"]).ModelInfer(infer_request("lstm", column))
+    for key, value in decode_outputs(flat).items():
+        np.testing.assert_array_equal(decode_outputs(shaped)[key], value)
 
 
 def test_stream_infer_answers_every_request_with_its_id(
@@ -156,6 +173,12 @@ def test_statistics_count_successes_and_failures(
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
     assert after.inference_count == before.inference_count + len(next(iter(inputs.values())))
     assert after.inference_stats.success.ns > before.inference_stats.success.ns
+    # Batcher-side numbers perf_analyzer reads: queue and compute per request/batch.
+    assert after.inference_stats.queue.count == before.inference_stats.queue.count + 1
+    assert (
+        after.inference_stats.compute_infer.count == before.inference_stats.compute_infer.count + 1
+    )
+    assert after.execution_count == before.execution_count + 1
 
 
 def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
