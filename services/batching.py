@@ -20,7 +20,7 @@ import numpy as np
 
 from services.errors import DeadlineExpired, QueueFull, ServingError, Unavailable
 from services.merge import BatchLayout
-from services.metrics import ModelMetrics
+from services.metrics import ModelMetrics, multiprocess_enabled
 from services.runtime import ModelSession
 from services.workers import InferenceThreads
 
@@ -78,7 +78,14 @@ class Batcher:
         self._max_queue = max_queue_size
         self._max_in_flight = max(1, max_in_flight)
         self.stats = BatchStats()
+        self.inflight = 0  # requests between decode and encode (the data plane counts them)
         self._queue: deque[_Pending] = deque()
+        # Queue depth and in-flight are read at scrape time instead of being pushed on
+        # every request; multiprocess mode has no callbacks, so it keeps pushing.
+        self._push_gauges = multiprocess_enabled()
+        if not self._push_gauges:
+            metrics.queue_depth.set_function(lambda: len(self._queue))
+            metrics.inflight.set_function(lambda: self.inflight)
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -86,6 +93,21 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def _dequeued(self) -> None:
+        if self._push_gauges:
+            self.metrics.queue_depth.dec()
+
+    def enter(self) -> None:
+        """A request for this model was accepted (decode to encode)."""
+        self.inflight += 1
+        if self._push_gauges:
+            self.metrics.inflight.inc()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self._push_gauges:
+            self.metrics.inflight.dec()
 
     @property
     def busy(self) -> bool:
@@ -115,7 +137,8 @@ class Batcher:
             deadline=deadline,
         )
         self._queue.append(pending)
-        self.metrics.queue_depth.inc()
+        if self._push_gauges:
+            self.metrics.queue_depth.inc()
         self._dispatch()
         return await pending.future
 
@@ -154,11 +177,11 @@ class Batcher:
             head = queue[0]
             if head.future.done():  # cancelled by the client: drop silently
                 queue.popleft()
-                self.metrics.queue_depth.dec()
+                self._dequeued()
                 continue
             if head.deadline is not None and head.deadline <= now:
                 queue.popleft()
-                self.metrics.queue_depth.dec()
+                self._dequeued()
                 head.future.set_exception(
                     DeadlineExpired("deadline passed while queued; the request was not run")
                 )
@@ -168,7 +191,7 @@ class Batcher:
             ):
                 break
             queue.popleft()
-            self.metrics.queue_depth.dec()
+            self._dequeued()
             self.metrics.queue_wait.observe(now - head.enqueued)
             self.stats.queue_count += 1
             self.stats.queue_ns += int((now - head.enqueued) * 1e9)
@@ -230,6 +253,6 @@ class Batcher:
     def fail_queued(self, reason: str) -> None:
         while self._queue:
             p = self._queue.popleft()
-            self.metrics.queue_depth.dec()
+            self._dequeued()
             if not p.future.done():
                 p.future.set_exception(Unavailable(reason))

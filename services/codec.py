@@ -6,6 +6,7 @@ codec needs from a model (feature order, vocabulary) is computed once per model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -68,7 +69,7 @@ def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> Tenso
         if len(tspec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
             shape = shape[:1]  # [B, 1] for a [B] input (Triton reshape)
         check_shape(tspec, shape)
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         dtype = tspec.dtype
         if raw:
             buffer = raw[i]

@@ -69,7 +69,7 @@ class DataPlane:
             mv = self.registry.resolve(name, version)
             batcher, spec = mv.batcher, mv.spec
             assert batcher is not None and spec is not None  # set whenever READY
-            batcher.metrics.inflight.inc()
+            batcher.enter()
             try:
                 inputs = decode(mv)
                 rows = check_request(spec, inputs)
@@ -78,7 +78,7 @@ class DataPlane:
                 outputs = await batcher.infer(inputs, rows, deadline)
                 response = encode(mv, inputs, outputs)
             finally:
-                batcher.metrics.inflight.dec()
+                batcher.leave()
         except ServingError as exc:
             self._record_failure(mv, name, version, method, exc.code, start)
             raise

@@ -6,7 +6,6 @@ Wrapped handlers are built once per method and cached: nothing per call but the 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -95,33 +94,48 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> N
     await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
 
-@contextlib.asynccontextmanager
-async def _accounted(m: _MethodMetrics, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Count the call, turn exceptions into statuses, record code and duration."""
-    m.started.inc()
-    start = time.perf_counter()
-    code = "OK"
-    try:
-        yield
-    except grpc.aio.AbortError:
-        code = _code_of(Exception(), context)
-        raise
-    except Exception as exc:
-        code = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
-        await _abort_for(exc, context)
-    except BaseException:  # cancelled by the client
-        code = "CANCELLED"
-        raise
-    finally:
-        m.handled(code).inc()
-        m.handling.observe(time.perf_counter() - start)
+class _Accounted:
+    """Count the call, turn exceptions into statuses, record code and duration.
+
+    A plain class, not @asynccontextmanager: this runs on every RPC.
+    """
+
+    __slots__ = ("_context", "_m", "_start")
+
+    def __init__(self, m: _MethodMetrics, context: grpc.aio.ServicerContext) -> None:
+        self._m = m
+        self._context = context
+        self._start = 0.0
+
+    async def __aenter__(self) -> None:
+        self._m.started.inc()
+        self._start = time.perf_counter()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> bool:
+        code = "OK"
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, grpc.aio.AbortError):
+                code = _code_of(exc, self._context)
+                return False
+            if isinstance(exc, Exception):
+                code = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
+                await _abort_for(exc, self._context)  # raises AbortError
+            code = "CANCELLED"  # cancelled by the client
+            return False
+        finally:
+            self._m.handled(code).inc()
+            self._m.handling.observe(time.perf_counter() - self._start)
 
 
 def _unary(
     inner: Callable[..., Awaitable[Any]], m: _MethodMetrics
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _accounted(m, context):
+        async with _Accounted(m, context):
             return await inner(request, context)
 
     return handle
@@ -131,7 +145,7 @@ def _streaming(
     inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _accounted(m, context):
+        async with _Accounted(m, context):
             async for item in inner(request, context):
                 yield item
 
