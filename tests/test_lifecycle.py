@@ -277,3 +277,24 @@ def test_metrics_exposition_is_valid_and_complete(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_measure_policy_times_providers_and_reports_placement(scratch_repository: Path) -> None:
+    settings = make_settings(
+        scratch_repository, service="classify", models=["mlp"], device_policy="measure"
+    )
+    with running_server(settings) as server:
+        stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
+        placement = config.parameters["placement_CPUExecutionProvider"].string_value
+        # On this CPU-only machine only the CPU is timed, at batch 1, 8 and the max batch.
+        assert "batch 1:" in placement and "batch 8:" in placement and "batch 64:" in placement
+        text = metrics_text(server)
+        timed = [
+            line
+            for line in text.splitlines()
+            if line.startswith("nnserve_placement_seconds{") and 'model="mlp"' in line
+        ]
+        assert len(timed) == 3 and all(float(line.split()[-1]) > 0 for line in timed)
+        response = stub.ModelInfer(infer_request("mlp", golden_inputs(scratch_repository, "mlp")))
+        assert response.outputs
