@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 REPOSITORY ?= model_repository
 
-.PHONY: venv train export models report serve-classify serve-sequence run test lint typecheck \
+.PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
         protos bench bench-quick soak perf-analyzer gpu-check clean
 
 venv: $(STAMP)
@@ -35,6 +35,8 @@ serve-classify: models
 
 serve-sequence: models
 	$(PY) -m services --service sequence --repository $(REPOSITORY)
+
+serve: run             ## alias of run
 
 run: models            ## both services on 50051/50052 (metrics 9091/9092) until Ctrl-C
 	@trap 'kill -TERM $$c $$s 2>/dev/null; wait' INT TERM; \
