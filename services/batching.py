@@ -46,8 +46,10 @@ class BatchStats:
 
     queue_count: int = 0
     queue_ns: int = 0
-    compute_count: int = 0
-    compute_ns: int = 0
+    compute_count: int = 0  # batches; Triton's three compute phases share this count
+    input_ns: int = 0  # merging requests into the batch
+    compute_ns: int = 0  # ONNX Runtime run
+    output_ns: int = 0  # splitting outputs per request
 
 
 class BatchFailed(ServingError):
@@ -206,10 +208,11 @@ class Batcher:
             self._run, batch, loop, lambda outcome, error: self._finish(batch, outcome, error)
         )
 
-    def _run(self, batch: list[_Pending]) -> tuple[list[Tensors], float]:
+    def _run(self, batch: list[_Pending]) -> tuple[list[Tensors], tuple[float, float, float]]:
         """Worker thread: merge, run, split."""
         rows = [p.rows for p in batch]
         lengths = [p.length for p in batch]
+        begin = time.perf_counter()
         feeds = self._layout.merge([p.inputs for p in batch], lengths)
         total = sum(rows)
         start = time.perf_counter()
@@ -218,12 +221,15 @@ class Batcher:
         self.metrics.compute[self._session.provider_for(total)].observe(elapsed)
         self.metrics.batch_size.observe(total)
         named = dict(zip(self._session.output_names, outputs, strict=True))
-        return self._layout.split(named, rows, lengths), elapsed
+        split_start = time.perf_counter()
+        results = self._layout.split(named, rows, lengths)
+        phases = (start - begin, elapsed, time.perf_counter() - split_start)
+        return results, phases
 
     def _finish(
         self,
         batch: list[_Pending],
-        outcome: tuple[list[Tensors], float] | None,
+        outcome: tuple[list[Tensors], tuple[float, float, float]] | None,
         error: BaseException | None,
     ) -> None:
         self._in_flight -= 1
@@ -238,9 +244,11 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(failure)
         elif outcome is not None:
-            results, elapsed = outcome
+            results, (merging, running, splitting) = outcome
             self.stats.compute_count += 1
-            self.stats.compute_ns += int(elapsed * 1e9)
+            self.stats.input_ns += int(merging * 1e9)
+            self.stats.compute_ns += int(running * 1e9)
+            self.stats.output_ns += int(splitting * 1e9)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)

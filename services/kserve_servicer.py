@@ -107,8 +107,14 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 b = mv.batcher.stats
                 item.inference_stats.queue.count = b.queue_count
                 item.inference_stats.queue.ns = b.queue_ns
-                item.inference_stats.compute_infer.count = b.compute_count
-                item.inference_stats.compute_infer.ns = b.compute_ns
+                # perf_analyzer requires the three compute phases to share one count.
+                stats = item.inference_stats
+                stats.compute_input.count = b.compute_count
+                stats.compute_input.ns = b.input_ns
+                stats.compute_infer.count = b.compute_count
+                stats.compute_infer.ns = b.compute_ns
+                stats.compute_output.count = b.compute_count
+                stats.compute_output.ns = b.output_ns
         return response
 
     # ------------------------------------------------------------- repository
