@@ -257,10 +257,3 @@ class Batcher:
     def close(self) -> None:
         """Refuse new requests; queued ones still run (drain)."""
         self._closed = True
-
-    def fail_queued(self, reason: str) -> None:
-        while self._queue:
-            p = self._queue.popleft()
-            self._dequeued()
-            if not p.future.done():
-                p.future.set_exception(Unavailable(reason))

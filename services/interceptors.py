@@ -36,9 +36,8 @@ class _MethodMetrics:
         return child
 
 
-def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
-    if isinstance(exc, ServingError):
-        return exc.code.name
+def _aborted_code(context: grpc.aio.ServicerContext) -> str:
+    """The status a handler aborted with (context.abort raises AbortError)."""
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
@@ -119,7 +118,7 @@ class _Accounted:
             if exc is None:
                 return False
             if isinstance(exc, grpc.aio.AbortError):
-                code = _code_of(exc, self._context)
+                code = _aborted_code(self._context)
                 return False
             if isinstance(exc, Exception):
                 code = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
