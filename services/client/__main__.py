@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,6 +288,8 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Piped into head/less: end quietly like other command-line tools, no traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     opts = build_parser().parse_args(argv)
     default = SEQUENCE_ADDRESS if opts.command == "logs" else CLASSIFY_ADDRESS
     address = opts.address or os.environ.get("NNSERVE_ADDRESS") or default
