@@ -1,27 +1,32 @@
 """Dynamic batcher: one per model version.
 
-Requests queue in a bounded deque. A batch starts at once when a run slot is free, so a
-lone request waits for nothing; while batches are running, arrivals pile up and the next
-batch takes all of them (up to max_batch_size). max_queue_delay only applies under load:
-with a slot free and another batch still running, a partial batch may wait that long for
-company. Merging, ONNX Runtime and splitting run on a worker thread, off the event loop.
+Requests wait in a bounded queue ordered by deadline (earliest first; requests without a
+deadline after them, in arrival order). A batch starts at once when a run slot is free,
+so a lone request waits for nothing; while batches are running, arrivals pile up and the
+next batch takes as many as fit (up to max_batch_size rows). max_queue_delay only applies
+under load: with a slot free and another batch still running, a partial batch may wait
+that long for company. Work whose deadline has passed is dropped before it runs.
+Merging, ONNX Runtime and splitting run on an inference thread, off the event loop.
 Every future is resolved: a failed batch fails only its own requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from services.errors import DeadlineExpired, QueueFull, ServingError, Unavailable
+from services.errors import DeadlineExpired, InvalidInput, QueueFull, ServingError, Unavailable
 from services.merge import BatchLayout
 from services.metrics import ModelMetrics, multiprocess_enabled
-from services.runtime import ModelSession
+from services.settings import ServingConfig
 from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
@@ -29,27 +34,54 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass(slots=True)
+class Runner(Protocol):
+    """What the batcher runs a merged batch on (runtime.ModelSession in production)."""
+
+    output_names: tuple[str, ...]
+
+    def provider_for(self, rows: int) -> str: ...
+
+    def run(self, feeds: Tensors) -> list[np.ndarray]: ...
+
+
+@dataclass(slots=True, order=True)
 class _Pending:
-    inputs: Tensors
-    rows: int
-    length: int  # sequence axis length, 0 when the model has none
-    shape_key: tuple[tuple[int, ...], ...]  # requests batch together only when equal
-    future: asyncio.Future[Tensors]
-    enqueued: float
-    deadline: float | None  # time.monotonic() value, None for no deadline
+    # Heap order: earliest deadline first (math.inf = none), then arrival order.
+    due: float
+    seq: int
+    inputs: Tensors = field(compare=False)
+    rows: int = field(compare=False)
+    length: int = field(compare=False)  # sequence axis length, 0 when the model has none
+    shape_key: tuple[tuple[int, ...], ...] = field(compare=False)  # batch only when equal
+    future: asyncio.Future[Tensors] = field(compare=False)
+    enqueued: float = field(compare=False)
+
+
+@dataclass
+class PhaseTotals:
+    """Cumulative count and nanoseconds of Triton's three compute phases."""
+
+    count: int = 0
+    input_ns: int = 0  # merging requests into the batch
+    infer_ns: int = 0  # ONNX Runtime run
+    output_ns: int = 0  # splitting outputs per request
 
 
 @dataclass
 class BatchStats:
-    """Cumulative counts and nanoseconds for ModelStatistics (Triton's queue/compute)."""
+    """What ModelStatistics reports: queue wait, compute phases, and per batch size."""
 
     queue_count: int = 0
     queue_ns: int = 0
-    compute_count: int = 0  # batches; Triton's three compute phases share this count
-    input_ns: int = 0  # merging requests into the batch
-    compute_ns: int = 0  # ONNX Runtime run
-    output_ns: int = 0  # splitting outputs per request
+    compute: PhaseTotals = field(default_factory=PhaseTotals)
+    by_batch_size: dict[int, PhaseTotals] = field(default_factory=dict)  # <= max_batch_size keys
+
+    def record(self, rows: int, merging: float, running: float, splitting: float) -> None:
+        for totals in (self.compute, self.by_batch_size.setdefault(rows, PhaseTotals())):
+            totals.count += 1
+            totals.input_ns += int(merging * 1e9)
+            totals.infer_ns += int(running * 1e9)
+            totals.output_ns += int(splitting * 1e9)
 
 
 class BatchFailed(ServingError):
@@ -60,35 +92,31 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        session: ModelSession,
+        runner: Runner,
         layout: BatchLayout,
         threads: InferenceThreads,
         metrics: ModelMetrics,
-        *,
-        max_batch_size: int,
-        max_queue_delay_s: float,
-        max_queue_size: int,
+        config: ServingConfig,
         max_in_flight: int,
     ) -> None:
         self.name = name
-        self._session = session
+        self._runner = runner
         self._layout = layout
         self._threads = threads
         self.metrics = metrics
-        self.max_batch_size = max(1, max_batch_size)
-        self.max_queue_delay_s = max(0.0, max_queue_delay_s)
-        self._max_queue = max_queue_size
+        self.config = config
         self._max_in_flight = max(1, max_in_flight)
         self.stats = BatchStats()
         self.inflight = 0  # requests between decode and encode (the data plane counts them)
-        self._queue: deque[_Pending] = deque()
+        self._queue: list[_Pending] = []  # a heap
+        self._seq = itertools.count()
         # Queue depth and in-flight are read at scrape time instead of being pushed on
         # every request; multiprocess mode has no callbacks, so it keeps pushing.
         self._push_gauges = multiprocess_enabled()
         if not self._push_gauges:
             metrics.queue_depth.set_function(lambda: len(self._queue))
             metrics.inflight.set_function(lambda: self.inflight)
-        self._in_flight = 0
+        self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -96,9 +124,10 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def _dequeued(self) -> None:
+    def _pop(self) -> _Pending:
         if self._push_gauges:
             self.metrics.queue_depth.dec()
+        return heapq.heappop(self._queue)
 
     def enter(self) -> None:
         """A request for this model was accepted (decode to encode)."""
@@ -113,39 +142,44 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue) or self._in_flight > 0
+        return bool(self._queue) or self._running > 0
 
     async def infer(self, inputs: Tensors, rows: int, deadline: float | None) -> Tensors:
-        """Queue one request (any number of rows) and wait for its outputs."""
+        """Queue one request of at most max_batch_size rows and wait for its outputs."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is draining or unloading")
-        if len(self._queue) >= self._max_queue:
-            raise QueueFull(
-                f"model {self.name!r} queue is full ({self._max_queue} requests waiting); "
-                "retry later"
+        if rows > self.config.max_batch_size:
+            raise InvalidInput(
+                f"request has {rows} rows; model {self.name!r} takes at most "
+                f"{self.config.max_batch_size} per request (max_batch_size)"
             )
-        loop = asyncio.get_running_loop()
+        if len(self._queue) >= self.config.max_queue_size:
+            raise QueueFull(
+                f"model {self.name!r} queue is full ({self.config.max_queue_size} requests "
+                "waiting); retry later"
+            )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("deadline passed before the request was queued")
         padded = self._layout.padded_inputs
         pending = _Pending(
+            due=math.inf if deadline is None else deadline,
+            seq=next(self._seq),
             inputs=inputs,
             rows=rows,
             length=self._layout.length_of(inputs),
             shape_key=tuple(v.shape[1:] for k, v in inputs.items() if k not in padded),
-            future=loop.create_future(),
+            future=asyncio.get_running_loop().create_future(),
             enqueued=now,
-            deadline=deadline,
         )
-        self._queue.append(pending)
+        heapq.heappush(self._queue, pending)
         if self._push_gauges:
             self.metrics.queue_depth.inc()
         self._dispatch()
         return await pending.future
 
     def _dispatch(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
+        while self._queue and self._running < self._max_in_flight:
             if self._should_wait():
                 return
             batch = self._take_batch()
@@ -154,11 +188,12 @@ class Batcher:
 
     def _should_wait(self) -> bool:
         """Under load, let a partial batch wait up to max_queue_delay for more requests."""
-        if self.max_queue_delay_s <= 0 or self._in_flight == 0:
+        delay = self.config.max_queue_delay_s
+        if delay <= 0 or self._running == 0:
             return False
-        if sum(p.rows for p in self._queue) >= self.max_batch_size:
+        if sum(p.rows for p in self._queue) >= self.config.max_batch_size:
             return False
-        due = self._queue[0].enqueued + self.max_queue_delay_s
+        due = min(p.enqueued for p in self._queue) + delay
         remaining = due - time.monotonic()
         if remaining <= 0:
             return False
@@ -171,56 +206,56 @@ class Batcher:
         self._dispatch()
 
     def _take_batch(self) -> list[_Pending]:
+        """Earliest deadline first; expired and cancelled work is dropped, never run."""
         batch: list[_Pending] = []
         rows = 0
         now = time.monotonic()
         queue = self._queue
         while queue:
             head = queue[0]
-            if head.future.done():  # cancelled by the client: drop silently
-                queue.popleft()
-                self._dequeued()
+            if head.future.done():  # cancelled by the client
+                self._pop()
                 continue
-            if head.deadline is not None and head.deadline <= now:
-                queue.popleft()
-                self._dequeued()
+            if head.due <= now:
+                self._pop()
                 head.future.set_exception(
                     DeadlineExpired("deadline passed while queued; the request was not run")
                 )
                 continue
             if batch and (
-                rows + head.rows > self.max_batch_size or head.shape_key != batch[0].shape_key
+                rows + head.rows > self.config.max_batch_size
+                or head.shape_key != batch[0].shape_key
             ):
                 break
-            queue.popleft()
-            self._dequeued()
-            self.metrics.queue_wait.observe(now - head.enqueued)
+            self._pop()
+            waited = now - head.enqueued
+            self.metrics.queue_wait.observe(waited)
             self.stats.queue_count += 1
-            self.stats.queue_ns += int((now - head.enqueued) * 1e9)
+            self.stats.queue_ns += int(waited * 1e9)
             batch.append(head)
             rows += head.rows
         return batch
 
     def _start(self, batch: list[_Pending]) -> None:
-        self._in_flight += 1
+        self._running += 1
         loop = asyncio.get_running_loop()
         self._threads.submit(
             self._run, batch, loop, lambda outcome, error: self._finish(batch, outcome, error)
         )
 
     def _run(self, batch: list[_Pending]) -> tuple[list[Tensors], tuple[float, float, float]]:
-        """Worker thread: merge, run, split."""
+        """Inference thread: merge, run, split."""
         rows = [p.rows for p in batch]
         lengths = [p.length for p in batch]
         begin = time.perf_counter()
         feeds = self._layout.merge([p.inputs for p in batch], lengths)
         total = sum(rows)
         start = time.perf_counter()
-        outputs = self._session.run(feeds)
+        outputs = self._runner.run(feeds)
         elapsed = time.perf_counter() - start
-        self.metrics.compute[self._session.provider_for(total)].observe(elapsed)
+        self.metrics.compute[self._runner.provider_for(total)].observe(elapsed)
         self.metrics.batch_size.observe(total)
-        named = dict(zip(self._session.output_names, outputs, strict=True))
+        named = dict(zip(self._runner.output_names, outputs, strict=True))
         split_start = time.perf_counter()
         results = self._layout.split(named, rows, lengths)
         phases = (start - begin, elapsed, time.perf_counter() - split_start)
@@ -232,7 +267,7 @@ class Batcher:
         outcome: tuple[list[Tensors], tuple[float, float, float]] | None,
         error: BaseException | None,
     ) -> None:
-        self._in_flight -= 1
+        self._running -= 1
         if error is not None:
             log.error(
                 "model %s: batch of %d requests failed", self.name, len(batch), exc_info=error
@@ -245,10 +280,7 @@ class Batcher:
                     p.future.set_exception(failure)
         elif outcome is not None:
             results, (merging, running, splitting) = outcome
-            self.stats.compute_count += 1
-            self.stats.input_ns += int(merging * 1e9)
-            self.stats.compute_ns += int(running * 1e9)
-            self.stats.output_ns += int(splitting * 1e9)
+            self.stats.record(sum(p.rows for p in batch), merging, running, splitting)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)

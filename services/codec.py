@@ -18,6 +18,7 @@ from protos import model_config_pb2 as mc
 from protos import nnserve_pb2 as npb
 from services.errors import InvalidInput
 from services.repository import NUMPY_TO_V2, ModelSpec
+from services.settings import ServingConfig
 from services.validation import check_shape
 
 Tensors = dict[str, np.ndarray]
@@ -80,7 +81,10 @@ def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> Tenso
                 )
             array = np.frombuffer(buffer, dtype=dtype.newbyteorder("<"))
         else:
-            values = getattr(tensor.contents, CONTENTS_FIELD.get(tspec.datatype, "bytes_contents"))
+            field = CONTENTS_FIELD.get(tspec.datatype)
+            if field is None:  # FP16 has no typed field in the protocol
+                raise InvalidInput(f"input {name!r}: {tspec.datatype} must be sent as raw contents")
+            values = getattr(tensor.contents, field)
             if len(values) != count:
                 raise InvalidInput(
                     f"input {name!r}: {len(values)} values given; shape {list(shape)} needs {count}"
@@ -134,8 +138,7 @@ def model_metadata(spec: ModelSpec, versions: list[int]) -> pb.ModelMetadataResp
 
 def model_config(
     spec: ModelSpec,
-    max_batch_size: int,
-    max_queue_delay_s: float,
+    serving: ServingConfig,
     provider: str,
     placement: dict[str, dict[int, float]] | None = None,
 ) -> mc.ModelConfig:
@@ -144,7 +147,7 @@ def model_config(
         name=spec.name,
         platform="onnxruntime_onnx",
         backend="onnxruntime",
-        max_batch_size=max_batch_size,
+        max_batch_size=serving.max_batch_size,
         default_model_filename=spec.onnx_file.name,
     )
     for t in spec.inputs:
@@ -157,14 +160,17 @@ def model_config(
             )
     for t in spec.outputs:
         config.output.add(name=t.name, data_type=_triton_type(t.datatype), dims=list(t.shape[1:]))
-    config.dynamic_batching.max_queue_delay_microseconds = int(max_queue_delay_s * 1e6)
+    config.dynamic_batching.max_queue_delay_microseconds = int(serving.max_queue_delay_s * 1e6)
+    config.dynamic_batching.default_queue_policy.max_queue_size = serving.max_queue_size
     gpu = provider.startswith("CUDA")
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(name=spec.name, kind=kind, count=1)
-    config.version_policy.latest.num_versions = 1
+    # Every version in the repository is loaded and addressable by number.
+    config.version_policy.all.SetInParent()
     config.parameters["execution_provider"].string_value = provider
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
+    config.parameters["device_policy"].string_value = serving.device_policy.value
     for name, timings in (placement or {}).items():
         config.parameters[f"placement_{name}"].string_value = ", ".join(
             f"batch {rows}: {seconds * 1e3:.3f} ms" for rows, seconds in sorted(timings.items())
@@ -173,7 +179,7 @@ def model_config(
 
 
 def _triton_type(datatype: str) -> int:
-    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
+    return int(mc.DataType.Value(f"TYPE_{datatype}"))
 
 
 # ---------------------------------------------------------------------- nnserve.v1

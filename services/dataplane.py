@@ -1,29 +1,49 @@
-"""The inference path both APIs share: resolve -> decode -> validate -> batch -> encode.
+"""The inference path both APIs share, as a request scope.
 
-Servicers only translate; this module owns request accounting (metrics, statistics,
-in-flight) so KServe v2 and nnserve.v1 requests are counted the same way.
+A servicer reads top to bottom inside one scope:
+
+    async with plane.request("ModelInfer", name, version, deadline) as scope:
+        inputs = codec.decode_...(request, scope.model.spec)     # to numpy
+        outputs = await scope.infer(inputs)                      # validate, batch, run
+        return codec.encode_...(request, scope.model.spec, outputs)  # from numpy
+
+The scope owns what every request shares: the draining check, model resolution, the
+server-wide bounds on requests and bytes in flight, the deadline, and the accounting
+(nnserve_requests_total, the request duration, ModelStatistics), so KServe v2 and
+nnserve.v1 requests are counted the same way. It takes no gRPC objects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-import grpc
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from services.errors import ServingError, Unavailable
+from services.errors import (
+    DeadlineExpired,
+    QueueFull,
+    Unavailable,
+    status_of,
+)
 from services.metrics import Metrics
-from services.registry import ModelRegistry, ModelVersion
+from services.readiness import ServerState
+from services.registry import LoadedModel, ModelRegistry
 from services.validation import check_request
 
 Tensors = dict[str, np.ndarray]
-Response = TypeVar("Response")
 
 UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: keeps labels bounded
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-wide bounds on work accepted at once (RESOURCE_EXHAUSTED beyond them)."""
+
+    max_inflight_requests: int
+    max_inflight_bytes: int
 
 
 @dataclass(frozen=True)
@@ -33,86 +53,119 @@ class _Accounting:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, metrics: Metrics, state: ServerState, limits: Limits
+    ) -> None:
         self.registry = registry
+        self.state = state
+        self.limits = limits
         self._metrics = metrics
         self._accounting: dict[tuple[str, int, str], _Accounting] = {}
-        self.draining = False
+        self.inflight_requests = 0
+        self.inflight_bytes = 0
 
-    def _account(self, mv: ModelVersion, method: str) -> _Accounting:
-        key = (mv.name, mv.version, method)
+    def request(self, method: str, name: str, version: str, deadline: float | None) -> Request:
+        """The scope of one inference request; `deadline` is a time.monotonic() value."""
+        return Request(self, method, name, version, deadline)
+
+    def account(self, model: LoadedModel, method: str) -> _Accounting:
+        key = (model.name, model.version, method)
         acc = self._accounting.get(key)
         if acc is None:
-            v = str(mv.version)
+            v = str(model.version)
             acc = _Accounting(
-                ok=self._metrics.requests.labels(mv.name, v, method, "OK"),
-                duration=self._metrics.request_duration.labels(mv.name, v, method),
+                ok=self._metrics.requests.labels(model.name, v, method, "OK"),
+                duration=self._metrics.request_duration.labels(model.name, v, method),
             )
             self._accounting[key] = acc
         return acc
 
-    async def infer(
-        self,
-        method: str,
-        name: str,
-        version: str,
-        decode: Callable[[ModelVersion], Tensors],
-        encode: Callable[[ModelVersion, Tensors, Tensors], Response],
-        context: grpc.aio.ServicerContext,
-    ) -> Response:
-        """Run one request end to end; ServingError carries the status for the interceptor."""
-        start = time.perf_counter()
-        mv: ModelVersion | None = None
-        try:
-            if self.draining:
-                raise Unavailable("server is draining; no new requests")
-            mv = self.registry.resolve(name, version)
-            batcher, spec = mv.batcher, mv.spec
-            assert batcher is not None and spec is not None  # set whenever READY
-            batcher.enter()
-            try:
-                inputs = decode(mv)
-                rows = check_request(spec, inputs)
-                remaining = context.time_remaining()
-                deadline = None if remaining is None else time.monotonic() + remaining
-                outputs = await batcher.infer(inputs, rows, deadline)
-                response = encode(mv, inputs, outputs)
-            finally:
-                batcher.leave()
-        except ServingError as exc:
-            self._record_failure(mv, name, version, method, exc.code, start)
-            raise
-        except Exception:
-            self._record_failure(mv, name, version, method, grpc.StatusCode.INTERNAL, start)
-            raise
-        elapsed = time.perf_counter() - start
-        acc = self._account(mv, method)
-        acc.ok.inc()
-        acc.duration.observe(elapsed)
-        stats = mv.stats
-        stats.success_count += 1
-        stats.success_ns += int(elapsed * 1e9)
-        stats.inference_count += rows
-        stats.last_inference_ms = int(time.time() * 1000)
-        return response
-
-    def _record_failure(
-        self,
-        mv: ModelVersion | None,
-        name: str,
-        version: str,
-        method: str,
-        code: grpc.StatusCode,
-        start: float,
-    ) -> None:
-        elapsed = time.perf_counter() - start
-        if mv is None:
-            known = name in self.registry.names()
-            label_model, label_version = (name if known else UNKNOWN_MODEL), ""
+    def count_failure(self, model: LoadedModel | None, name: str, method: str, code: str) -> None:
+        if model is None:  # only names the registry knows become label values
+            label = name if self.registry.versions(name) else UNKNOWN_MODEL
+            self._metrics.requests.labels(label, "", method, code).inc()
         else:
-            label_model, label_version = mv.name, str(mv.version)
-            mv.stats.fail_count += 1
-            mv.stats.fail_ns += int(elapsed * 1e9)
-        self._metrics.requests.labels(label_model, label_version, method, code.name).inc()
-        if mv is not None:
-            self._account(mv, method).duration.observe(elapsed)
+            self._metrics.requests.labels(model.name, str(model.version), method, code).inc()
+
+
+class Request:
+    """One request: `async with` resolves the model and accounts for the outcome."""
+
+    __slots__ = ("_bytes", "_deadline", "_method", "_name", "_plane", "_rows", "_start",
+                 "_version", "model")  # fmt: skip
+
+    def __init__(
+        self, plane: DataPlane, method: str, name: str, version: str, deadline: float | None
+    ) -> None:
+        self._plane = plane
+        self._method = method
+        self._name = name
+        self._version = version
+        self._deadline = deadline
+        self._start = 0.0
+        self._rows = 0
+        self._bytes = 0
+        self.model: LoadedModel
+
+    async def __aenter__(self) -> Request:
+        plane = self._plane
+        self._start = time.perf_counter()
+        try:
+            if plane.state.draining:
+                raise Unavailable("server is draining; no new requests")
+            if plane.inflight_requests >= plane.limits.max_inflight_requests:
+                raise QueueFull(
+                    f"server has {plane.limits.max_inflight_requests} requests in flight "
+                    "(max_inflight_requests); retry later"
+                )
+            self.model = plane.registry.resolve(self._name, self._version)
+        except BaseException as exc:
+            code, _ = status_of(exc)
+            plane.count_failure(None, self._name, self._method, code.name)
+            raise
+        plane.inflight_requests += 1
+        self.model.batcher.enter()
+        return self
+
+    async def infer(self, inputs: Tensors) -> Tensors:
+        """Validate, bound, queue and run one request's tensors; returns its outputs."""
+        self._rows = check_request(self.model.spec, inputs)
+        size = sum(v.nbytes for v in inputs.values())
+        plane = self._plane
+        if plane.inflight_bytes + size > plane.limits.max_inflight_bytes:
+            raise QueueFull(
+                f"server has {plane.inflight_bytes >> 20} MiB of request tensors in flight; "
+                f"this request needs {size >> 20} MiB more than max_inflight_bytes allows; "
+                "retry later"
+            )
+        plane.inflight_bytes += size
+        self._bytes = size
+        return await self.model.batcher.infer(inputs, self._rows, self._deadline)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        plane, model = self._plane, self.model
+        plane.inflight_requests -= 1
+        plane.inflight_bytes -= self._bytes
+        model.batcher.leave()
+        elapsed = time.perf_counter() - self._start
+        acc = plane.account(model, self._method)
+        acc.duration.observe(elapsed)
+        stats = model.stats
+        if exc is None:
+            acc.ok.inc()
+            stats.success_count += 1
+            stats.success_ns += int(elapsed * 1e9)
+            stats.inference_count += self._rows
+            stats.last_inference_ms = int(time.time() * 1000)
+            return
+        if isinstance(exc, asyncio.CancelledError) and self._expired():
+            exc = DeadlineExpired("deadline exceeded")  # the client's deadline ended the call
+        code, _ = status_of(exc)
+        plane.count_failure(model, self._name, self._method, code.name)
+        stats.fail_count += 1
+        stats.fail_ns += int(elapsed * 1e9)
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline - 0.001

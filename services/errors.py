@@ -1,12 +1,26 @@
-"""Errors that carry their gRPC status code; one interceptor turns them into statuses.
+"""Errors that carry their gRPC status code, and the one rule that turns any exception
+into a status (used by the interceptor, the data plane's accounting and the stream path).
 
-The core raises these with a message meant for the client. Anything else escaping a
-handler is a server fault: INTERNAL with a generic message, traceback in the log.
+The core raises ServingError subclasses with a message meant for the client. Anything
+else escaping a handler is a server fault: INTERNAL with a generic message, traceback in
+the log. Client strings quoted in a message go through `shown`, so a status never grows
+with what a client sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+
+MAX_SHOWN_CHARS = 64  # a client string quoted in a status message is cut to this
+MAX_MESSAGE_CHARS = 1024  # a whole status message is cut to this
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """repr() of a client-supplied value, cut to `limit` characters (marked with ...)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ServingError(Exception):
@@ -15,6 +29,8 @@ class ServingError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.message = message
 
@@ -34,6 +50,8 @@ class Unavailable(ServingError):
 
 
 class QueueFull(ServingError):
+    """The model's queue, or the server's bytes in flight, are at their bound."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -45,5 +63,31 @@ class NotSupported(ServingError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class FailedPrecondition(ServingError):
+    """The request is valid but the server is not configured for it (model control off)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServingError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded or failed its golden check (never reaches clients raw)."""
+
+
+INTERNAL_MESSAGE = "internal server error"
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and client message for an exception: the rule, written once."""
+    if isinstance(exc, ServingError):
+        return exc.code, exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "cancelled"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -1,28 +1,79 @@
-"""One server interceptor: ServingError -> its gRPC status, anything else -> INTERNAL with a
-generic message (traceback logged), plus the standard grpc_server_* metrics.
+"""One server interceptor for every RPC: statuses, request ids, logs and grpc_server_* metrics.
 
-Wrapped handlers are built once per method and cached: nothing per call but the call.
+- Exceptions become statuses by errors.status_of (ServingError -> its code; anything else
+  INTERNAL with a generic message, traceback logged).
+- A message that cannot be decoded is INVALID_ARGUMENT (never UNKNOWN/INTERNAL), on unary
+  calls and streams alike, and ends a stream instead of leaving it open.
+- Each call gets a request id (the client's `x-request-id` metadata, bounded, or a new
+  one), sent back as trailing metadata and named in the log line of every failed call.
+- Wrapped handlers are built once per registered method and cached; paths that name no
+  method are not cached, so unknown paths cannot grow memory.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from services.errors import ServingError
+from services.errors import InvalidInput, status_of
 from services.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_KEY = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Expected client-side outcomes: logged at INFO; anything else at WARNING or ERROR.
+_CLIENT_CODES = {
+    "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
+    "PERMISSION_DENIED", "FAILED_PRECONDITION", "UNIMPLEMENTED",
+}  # fmt: skip
+
+
+class _Undecodable:
+    """Stands in for a request message that failed to parse."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError, TypeError):
+            return UNDECODABLE
+
+    return parse
+
+
+def _undecodable() -> InvalidInput:
+    return InvalidInput("the request message cannot be decoded (malformed protobuf)")
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex[:16]
+
 
 class _MethodMetrics:
     def __init__(self, metrics: Metrics, grpc_type: str, service: str, method: str) -> None:
+        self.method = f"{service}/{method}"
         self._labels = (grpc_type, service, method)
         self._handled_family = metrics.grpc_handled
         self.started: Counter = metrics.grpc_started.labels(*self._labels)
@@ -36,16 +87,10 @@ class _MethodMetrics:
         return child
 
 
-def _aborted_code(context: grpc.aio.ServicerContext) -> str:
-    """The status a handler aborted with (context.abort raises AbortError)."""
-    code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-
-
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -53,48 +98,44 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method in self._cache:
-            return self._cache[method]
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
-        wrapped = self._wrap(method, handler) if handler is not None else None
-        self._cache[method] = wrapped
+        if handler is None:
+            return None  # UNIMPLEMENTED from gRPC itself; nothing kept
+        wrapped = self._cache[method] = self._wrap(method, handler)
         return wrapped
 
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, _, name = full_method.lstrip("/").rpartition("/")
+        parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             m = _MethodMetrics(self._metrics, "unary", service, name)
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, m),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
             m = _MethodMetrics(self._metrics, "bidi_stream", service, name)
             return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, m),
-                request_deserializer=handler.request_deserializer,
+                _bidi(handler.stream_stream, m),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
             m = _MethodMetrics(self._metrics, "server_stream", service, name)
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, m),
-                request_deserializer=handler.request_deserializer,
+                _server_stream(handler.unary_stream, m),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return handler  # library handlers written with context.write (health Watch)
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-    if isinstance(exc, ServingError):
-        await context.abort(exc.code, exc.message)
-    log.exception("unhandled error in handler", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-
-
 class _Accounted:
-    """Count the call, turn exceptions into statuses, record code and duration.
+    """Count the call, turn exceptions into statuses, record code and duration, log failures.
 
     A plain class, not @asynccontextmanager: this runs on every RPC.
     """
@@ -117,13 +158,23 @@ class _Accounted:
         try:
             if exc is None:
                 return False
-            if isinstance(exc, grpc.aio.AbortError):
-                code = _aborted_code(self._context)
+            if isinstance(exc, grpc.aio.AbortError):  # a handler called context.abort
+                aborted = self._context.code()
+                code = aborted.name if isinstance(aborted, grpc.StatusCode) else "UNKNOWN"
                 return False
-            if isinstance(exc, Exception):
-                code = exc.code.name if isinstance(exc, ServingError) else "INTERNAL"
-                await _abort_for(exc, self._context)  # raises AbortError
-            code = "CANCELLED"  # cancelled by the client
+            status, message = status_of(exc)
+            code = status.name
+            rid = request_id(self._context)
+            if status is grpc.StatusCode.INTERNAL:
+                log.error("request %s %s: INTERNAL", rid, self._m.method, exc_info=exc)
+            elif code not in _CLIENT_CODES:
+                log.warning("request %s %s: %s: %s", rid, self._m.method, code, message)
+            else:
+                log.info("request %s %s: %s: %s", rid, self._m.method, code, message)
+            if status is grpc.StatusCode.CANCELLED:
+                return False  # the client went away: nobody to answer
+            self._context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            await self._context.abort(status, message)  # raises AbortError
             return False
         finally:
             self._m.handled(code).inc()
@@ -135,17 +186,40 @@ def _unary(
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _Accounted(m, context):
+            if request is UNDECODABLE:
+                raise _undecodable()
             return await inner(request, context)
 
     return handle
 
 
-def _streaming(
+def _server_stream(
     inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Accounted(m, context):
+            if request is UNDECODABLE:
+                raise _undecodable()
             async for item in inner(request, context):
+                yield item
+
+    return handle
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream that ends the call with INVALID_ARGUMENT at an undecodable message."""
+    async for request in requests:
+        if request is UNDECODABLE:
+            raise _undecodable()
+        yield request
+
+
+def _bidi(
+    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
+) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with _Accounted(m, context):
+            async for item in inner(_checked(requests), context):
                 yield item
 
     return handle

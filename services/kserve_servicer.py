@@ -1,125 +1,141 @@
 """inference.GRPCInferenceService: KServe v2 / Open Inference Protocol + Triton's superset.
 
-Thin: translate with the codec, delegate to the data plane and registry.
+Thin: each handler decodes with the codec, runs inside a data-plane request scope, and
+encodes; readiness questions go to readiness.py, lifecycle ones to the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import NoReturn, TypeAlias
 
 import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from services import __version__, codec
+from services.batching import PhaseTotals
 from services.dataplane import DataPlane
-from services.errors import ModelNotFound, NotSupported, ServingError, Unavailable
-from services.registry import ModelRegistry, ModelVersion
+from services.errors import ModelNotFound, NotSupported, Unavailable, shown, status_of
+from services.readiness import Readiness
+from services.registry import LoadedModel, ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy"]
+# Only what is implemented and tested (docs/protocol.md).
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+def deadline_of(context: Context) -> float | None:
+    """The call's deadline as a time.monotonic() value (None: the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def described(mv: ModelVersion) -> LoadedModel:
+    """The loaded model to describe; UNAVAILABLE (with the reason) when it never loaded."""
+    if mv.model is None:
+        raise Unavailable(
+            f"model {mv.name!r} version {mv.version} is {mv.state.value}: {mv.reason}"
+        )
+    return mv.model
+
+
+def _phases(target: pb.InferBatchStatistics | pb.InferStatistics, totals: PhaseTotals) -> None:
+    # perf_analyzer requires the three compute phases to share one count.
+    target.compute_input.count = target.compute_infer.count = totals.count
+    target.compute_output.count = totals.count
+    target.compute_input.ns = totals.input_ns
+    target.compute_infer.ns = totals.infer_ns
+    target.compute_output.ns = totals.output_ns
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, registry: ModelRegistry, server_ready: asyncio.Event):
+    def __init__(self, plane: DataPlane, registry: ModelRegistry, readiness: Readiness) -> None:
         self._plane = plane
         self._registry = registry
-        self._started = server_ready
+        self._readiness = readiness
 
     # ------------------------------------------------------------- health
 
-    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
-        ready = (
-            self._started.is_set()
-            and not self._plane.draining
-            and any(mv.ready for mv in self._registry.all_versions())
-        )
-        return pb.ServerReadyResponse(ready=ready)
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._readiness.server_ready())
 
-    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
-        try:
-            self._registry.resolve(request.name, request.version)
-        except Unavailable:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self._plane.draining)
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self._readiness.model_ready(request.name, request.version)
+        )
 
     # ------------------------------------------------------------- metadata
 
-    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="nnserve", version=__version__, extensions=EXTENSIONS)
 
-    def _described(self, name: str, version: str) -> ModelVersion:
-        mv = self._registry.resolve_any(name, version)
-        if mv.spec is None:
-            raise Unavailable(
-                f"model {name!r} version {mv.version} is {mv.state.value}: {mv.reason}"
-            )
-        return mv
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        model = described(self._readiness.describe(request.name, request.version))
+        return codec.model_metadata(model.spec, sorted(self._registry.versions(request.name)))
 
-    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
-        mv = self._described(request.name, request.version)
-        assert mv.spec is not None
-        return codec.model_metadata(mv.spec, sorted(self._registry.versions(request.name)))
-
-    async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
-        mv = self._described(request.name, request.version)
-        assert mv.spec is not None
-        batcher = mv.batcher
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        model = described(self._readiness.describe(request.name, request.version))
         config = codec.model_config(
-            mv.spec,
-            batcher.max_batch_size if batcher else mv.spec.serving.max_batch_size,
-            batcher.max_queue_delay_s if batcher else mv.spec.serving.max_queue_delay_ms / 1000,
-            mv.provider,
-            mv.session.placement if mv.session else None,
+            model.spec, model.config, model.provider, model.session.placement
         )
         return pb.ModelConfigResponse(config=config)
 
-    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
         if request.name:
             versions = list(self._registry.versions(request.name).values())
             if not versions:
-                raise ModelNotFound(f"unknown model {request.name!r}")
+                raise ModelNotFound(f"unknown model {shown(request.name)}")
             if request.version:
-                versions = [self._registry.resolve_any(request.name, request.version)]
+                versions = [self._registry.record(request.name, request.version)]
         else:
             versions = self._registry.all_versions()
         response = pb.ModelStatisticsResponse()
         for mv in versions:
-            s = mv.stats
-            item = response.model_stats.add(
-                name=mv.name,
-                version=str(mv.version),
-                last_inference=s.last_inference_ms,
-                inference_count=s.inference_count,
-                execution_count=mv.batcher.stats.compute_count if mv.batcher else 0,
-            )
-            item.inference_stats.success.count = s.success_count
-            item.inference_stats.success.ns = s.success_ns
-            item.inference_stats.fail.count = s.fail_count
-            item.inference_stats.fail.ns = s.fail_ns
-            if mv.batcher is not None:
-                b = mv.batcher.stats
-                item.inference_stats.queue.count = b.queue_count
-                item.inference_stats.queue.ns = b.queue_ns
-                # perf_analyzer requires the three compute phases to share one count.
-                stats = item.inference_stats
-                stats.compute_input.count = b.compute_count
-                stats.compute_input.ns = b.input_ns
-                stats.compute_infer.count = b.compute_count
-                stats.compute_infer.ns = b.compute_ns
-                stats.compute_output.count = b.compute_count
-                stats.compute_output.ns = b.output_ns
+            item = response.model_stats.add(name=mv.name, version=str(mv.version))
+            if mv.model is None:
+                continue  # never loaded: nothing counted
+            s, b = mv.model.stats, mv.model.batcher.stats
+            item.last_inference = s.last_inference_ms
+            item.inference_count = s.inference_count
+            item.execution_count = b.compute.count
+            stats = item.inference_stats
+            stats.success.count, stats.success.ns = s.success_count, s.success_ns
+            stats.fail.count, stats.fail.ns = s.fail_count, s.fail_ns
+            stats.queue.count, stats.queue.ns = b.queue_count, b.queue_ns
+            _phases(stats, b.compute)
+            for size, totals in sorted(b.by_batch_size.items()):
+                _phases(item.batch_stats.add(batch_size=size), totals)
         return response
 
     # ------------------------------------------------------------- repository
 
-    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for mv in self._registry.all_versions():
             if request.ready and not mv.ready:
@@ -129,7 +145,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
-    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
         loaded = await self._registry.load(request.model_name)
         failed = [mv for mv in loaded if not mv.ready]
         if failed and not any(mv.ready for mv in loaded):
@@ -139,81 +157,78 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
         await self._registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------- inference
 
-    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._infer(request, context, "ModelInfer")
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, "ModelInfer", deadline_of(context))
 
     async def _infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, method: str
+        self, request: pb.ModelInferRequest, method: str, deadline: float | None
     ) -> pb.ModelInferResponse:
-        names: list[str] = []
-
-        def decode(mv: ModelVersion) -> codec.Tensors:
-            assert mv.spec is not None
-            names.extend(codec.requested_outputs(request, mv.spec))
-            return codec.decode_infer_inputs(request, mv.spec)
-
-        def encode(mv: ModelVersion, inputs: codec.Tensors, outputs: codec.Tensors):  # type: ignore[no-untyped-def]
-            assert mv.spec is not None
-            return codec.encode_infer_response(request, mv.spec, outputs, names)
-
-        return await self._plane.infer(
-            method, request.model_name, request.model_version, decode, encode, context
-        )
+        name, version = request.model_name, request.model_version
+        async with self._plane.request(method, name, version, deadline) as scope:
+            spec = scope.model.spec
+            wanted = codec.requested_outputs(request, spec)
+            inputs = codec.decode_infer_inputs(request, spec)
+            outputs = await scope.infer(inputs)
+            return codec.encode_infer_response(request, spec, outputs, wanted)
 
     async def ModelStreamInfer(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently (so they can batch); responses carry
         the request id and come back as they finish. A failed request answers with
         error_message and the stream goes on."""
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        deadline = deadline_of(context)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, context, "ModelStreamInfer")
+                response = await self._infer(request, "ModelStreamInfer", deadline)
                 await done.put(pb.ModelStreamInferResponse(infer_response=response))
-            except ServingError as exc:
+            except Exception as exc:
+                code, message = status_of(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("stream request failed")
                 await done.put(
                     pb.ModelStreamInferResponse(
-                        error_message=f"{exc.code.name}: {exc.message}",
+                        error_message=f"{code.name}: {message}",
                         infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, id=request.id
-                        ),
-                    )
-                )
-            except Exception:
-                log.exception("stream request failed")
-                await done.put(
-                    pb.ModelStreamInferResponse(
-                        error_message="INTERNAL: internal server error",
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, id=request.id
+                            model_name=request.model_name[:256], id=request.id[:256]
                         ),
                     )
                 )
 
+        failed: list[BaseException] = []  # what ended the request stream early, if anything
+
         async def reader() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(one(request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
-            await done.put(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending)
+            except Exception as exc:  # e.g. an undecodable message: end the call with it
+                failed.append(exc)
+            finally:
+                done.put_nowait(None)
 
         read_task = asyncio.create_task(reader())
         try:
             while (item := await done.get()) is not None:
                 yield item
+            if failed:
+                raise failed[0]
         finally:
             read_task.cancel()
             for task in pending:
@@ -221,7 +236,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------- not offered
 
-    async def _unsupported(self, request, context):  # type: ignore[no-untyped-def]
+    async def _unsupported(self, request: object, context: Context) -> NoReturn:
         raise NotSupported("shared memory, tracing and log settings are not supported by nnserve")
 
     SystemSharedMemoryStatus = _unsupported

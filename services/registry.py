@@ -1,8 +1,9 @@
-"""Model lifecycle: load (session, golden check, warm-up), readiness, versions, unload.
+"""Model lifecycle: load (session, golden check, warm-up), versions, unload.
 
-Discovery lives in repository.py; this module decides what is ready. A model that fails
-to load or fails its goldens stays visible with state FAILED and the reason, and never
-serves.
+Discovery lives in repository.py; readiness rules in readiness.py. A loaded model is one
+immutable LoadedModel built here, in one place; a version record holds it beside its
+state. A version that fails to load or fails its goldens stays visible with state FAILED
+and the reason, and never serves.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from services.batching import Batcher
-from services.errors import ModelLoadError, ModelNotFound, Unavailable
+from services.codec import DomainModel
+from services.errors import ModelLoadError, ModelNotFound, Unavailable, shown
 from services.merge import BatchLayout
 from services.metrics import Metrics
 from services.repository import ModelSpec, read_spec, scan
 from services.runtime import ModelSession, check_goldens, open_session, warm_up
-from services.settings import DevicePolicy, Settings
+from services.settings import ServingConfig, Settings
 from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
@@ -32,25 +34,6 @@ class ModelState(StrEnum):
     READY = "READY"
     FAILED = "UNAVAILABLE"  # Triton's word for a model that failed to load
     UNLOADING = "UNLOADING"
-
-
-@dataclass
-class ModelVersion:
-    name: str
-    version: int
-    state: ModelState
-    reason: str = ""
-    spec: ModelSpec | None = None
-    session: ModelSession | None = None
-    batcher: Batcher | None = None
-    provider: str = ""
-    policy: DevicePolicy | None = None
-    load_seconds: float = 0.0
-    stats: InferStats = field(default_factory=lambda: InferStats())
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY
 
 
 @dataclass
@@ -65,6 +48,46 @@ class InferStats:
     last_inference_ms: int = 0
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version that loaded and passed its checks: everything a request needs."""
+
+    spec: ModelSpec
+    config: ServingConfig
+    session: ModelSession
+    batcher: Batcher
+    domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
+    load_seconds: float
+    stats: InferStats = field(default_factory=InferStats)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+
+@dataclass
+class ModelVersion:
+    """A version the registry knows of: its state, and the loaded model once READY."""
+
+    name: str
+    version: int
+    state: ModelState
+    reason: str = ""
+    model: LoadedModel | None = None  # set exactly when the load succeeded
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+
 StateListener = Callable[[ModelVersion], None]
 
 
@@ -77,7 +100,7 @@ class ModelRegistry:
         self._listeners: list[StateListener] = []
         self._lock = asyncio.Lock()
         # name -> highest READY version: the hot path's lookup, kept current on every change
-        self._serving: dict[str, ModelVersion] = {}
+        self._serving: dict[str, LoadedModel] = {}
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -92,9 +115,9 @@ class ModelRegistry:
             listener(mv)
 
     def _update_serving(self, name: str) -> None:
-        ready = [v for v in self._models.get(name, {}).values() if v.ready]
+        ready = [v.model for v in self._models.get(name, {}).values() if v.ready and v.model]
         if ready:
-            self._serving[name] = max(ready, key=lambda v: v.version)
+            self._serving[name] = max(ready, key=lambda m: m.version)
         else:
             self._serving.pop(name, None)
 
@@ -109,40 +132,36 @@ class ModelRegistry:
     def all_versions(self) -> list[ModelVersion]:
         return [mv for name in self.names() for mv in self._models[name].values()]
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version a request addresses ("" = highest ready); raises NOT_FOUND/UNAVAILABLE."""
+    def record(self, name: str, version: str = "") -> ModelVersion:
+        """The version record a request addresses, ready or not ("" = highest ready, else
+        highest); NOT_FOUND for an unknown model or version."""
+        versions = self._models.get(name)
+        if not versions:
+            served = ", ".join(self.names())
+            raise ModelNotFound(f"unknown model {shown(name)}; served models: {served}")
+        if not version:
+            ready = [v for v in versions.values() if v.ready]
+            return max(ready or versions.values(), key=lambda v: v.version)
+        # str.isdigit accepts '²' and '①'; only ASCII digits name a version.
+        number = int(version) if version.isascii() and version.isdigit() else None
+        if number is None or number not in versions or len(version) > 18:
+            raise ModelNotFound(
+                f"model {shown(name)} has no version {shown(version)}; "
+                f"versions: {', '.join(str(v) for v in sorted(versions))}"
+            )
+        return versions[number]
+
+    def resolve(self, name: str, version: str = "") -> LoadedModel:
+        """The loaded model a request addresses; raises NOT_FOUND or UNAVAILABLE."""
         if not version:
             serving = self._serving.get(name)
             if serving is not None:
                 return serving
-        versions = self._models.get(name)
-        if not versions:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names())}")
-        if version:
-            if not version.isdigit() or int(version) not in versions:
-                raise ModelNotFound(
-                    f"model {name!r} has no version {version!r}; "
-                    f"versions: {', '.join(str(v) for v in sorted(versions))}"
-                )
-            mv = versions[int(version)]
-        else:
-            ready = [v for v in versions.values() if v.ready]
-            if not ready:
-                mv = versions[max(versions)]
-            else:
-                return max(ready, key=lambda v: v.version)
-        if not mv.ready:
+        mv = self.record(name, version)
+        if mv.model is None or not mv.ready:
             detail = f": {mv.reason}" if mv.reason else ""
             raise Unavailable(f"model {name!r} version {mv.version} is {mv.state.value}{detail}")
-        return mv
-
-    def resolve_any(self, name: str, version: str = "") -> ModelVersion:
-        """Like resolve, but returns versions that are not ready (metadata, status)."""
-        try:
-            return self.resolve(name, version)
-        except Unavailable:
-            versions = self._models[name]
-            return versions[int(version)] if version else versions[max(versions)]
+        return mv.model
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,9 +170,7 @@ class ModelRegistry:
         async with self._lock:
             found = scan(self._settings.repository).get(name)
             if not found:
-                raise ModelNotFound(
-                    f"model {name!r} is not in the repository {self._settings.repository.name!r}"
-                )
+                raise ModelNotFound(f"model {shown(name)} is not in the model repository")
             loaded = []
             for version in found:
                 current = self._models.get(name, {}).get(version)
@@ -186,7 +203,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, session, policy = await asyncio.to_thread(self._open, name, version)
+            spec, config, session = await asyncio.to_thread(self._open, name, version)
         except ModelLoadError as exc:
             log.error("model %s/%d failed to load: %s", name, version, exc)
             self._set_state(mv, ModelState.FAILED, str(exc))
@@ -195,68 +212,62 @@ class ModelRegistry:
             log.exception("model %s/%d: unexpected load failure", name, version)
             self._set_state(mv, ModelState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
             return mv
-        mv.spec, mv.session, mv.policy, mv.provider = spec, session, policy, session.provider
-        mv.load_seconds = time.perf_counter() - start
-        mv.batcher = self._make_batcher(spec, session)
-        v = str(version)
-        self._metrics.model_load_seconds.labels(name, v, session.provider).set(mv.load_seconds)
-        self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
-        for provider, timings in session.placement.items():
-            for rows, seconds in timings.items():
-                self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
+        mv.model = self._assemble(spec, config, session, time.perf_counter() - start)
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
-            name, version, session.provider, policy.value, mv.load_seconds,
+            name, version, session.provider, config.device_policy.value, mv.model.load_seconds,
         )  # fmt: skip
         return mv
 
-    def _open(self, name: str, version: int) -> tuple[ModelSpec, ModelSession, DevicePolicy]:
+    def _open(self, name: str, version: int) -> tuple[ModelSpec, ServingConfig, ModelSession]:
         spec = read_spec(self._settings.repository, name, version)
-        policy = self._settings.policy_for(name, spec.serving.device_policy)
-        max_batch = self._max_batch(spec)
+        config = self._settings.serving_config(name, spec.serving)
+        max_batch = config.max_batch_size
         session = open_session(
-            spec, policy, self._settings.intra_op_threads, (1, min(8, max_batch), max_batch)
+            spec,
+            config.device_policy,
+            self._settings.intra_op_threads,
+            (1, min(8, max_batch), max_batch),
         )
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, session, policy
+        return spec, config, session
 
-    def _max_batch(self, spec: ModelSpec) -> int:
-        return self._settings.max_batch_size or spec.serving.max_batch_size
-
-    def _make_batcher(self, spec: ModelSpec, session: ModelSession) -> Batcher:
-        s = self._settings
-        delay_ms = (
-            s.max_queue_delay_ms
-            if s.max_queue_delay_ms is not None
-            else spec.serving.max_queue_delay_ms
-        )
-        return Batcher(
-            f"{spec.name}/{spec.version}",
+    def _assemble(
+        self, spec: ModelSpec, config: ServingConfig, session: ModelSession, load_seconds: float
+    ) -> LoadedModel:
+        """The one place a LoadedModel is built (with its batcher and metrics)."""
+        name, v = spec.name, str(spec.version)
+        batcher = Batcher(
+            f"{name}/{v}",
             session,
             BatchLayout.for_model(spec),
             self._threads,
-            self._metrics.for_model(spec.name, spec.version, session.providers),
-            max_batch_size=self._max_batch(spec),
-            max_queue_delay_s=delay_ms / 1000.0,
-            max_queue_size=s.max_queue_size,
-            max_in_flight=s.inference_threads,
+            self._metrics.for_model(name, spec.version, session.providers),
+            config,
+            max_in_flight=self._settings.inference_threads,
         )
+        self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
+        self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
+        for provider, timings in session.placement.items():
+            for rows, seconds in timings.items():
+                self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
+        return LoadedModel(spec, config, session, batcher, DomainModel(spec), load_seconds)
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model; queued requests finish first."""
         async with self._lock:
             versions = self._models.get(name)
             if not versions:
-                raise ModelNotFound(f"unknown model {name!r}")
+                raise ModelNotFound(f"unknown model {shown(name)}")
             for mv in versions.values():
-                if mv.batcher is not None:
-                    mv.batcher.close()
+                if mv.model is not None:
+                    mv.model.batcher.close()
                 self._set_state(mv, ModelState.UNLOADING, "unloading")
             for mv in versions.values():
-                while mv.batcher is not None and mv.batcher.busy:
+                while mv.model is not None and mv.model.batcher.busy:
                     await asyncio.sleep(0.005)
                 # An unloaded model is not "not ready": drop its series so no alert fires.
                 with contextlib.suppress(KeyError):
@@ -267,8 +278,8 @@ class ModelRegistry:
     def drain(self) -> None:
         """Refuse new requests on every model; queued and running ones complete."""
         for mv in self.all_versions():
-            if mv.batcher is not None:
-                mv.batcher.close()
+            if mv.model is not None:
+                mv.model.batcher.close()
 
     def busy(self) -> bool:
-        return any(mv.batcher is not None and mv.batcher.busy for mv in self.all_versions())
+        return any(mv.model is not None and mv.model.batcher.busy for mv in self.all_versions())

@@ -18,11 +18,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
-from services.dataplane import DataPlane
+from services.dataplane import DataPlane, Limits
 from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
 from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
+from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
 from services.settings import Settings
 from services.workers import InferenceThreads
@@ -41,9 +42,11 @@ class NNServeServer:
         self.metrics = metrics or Metrics()
         self.threads = InferenceThreads(settings.inference_threads)
         self.registry = ModelRegistry(settings, self.metrics, self.threads)
-        self.plane = DataPlane(self.registry, self.metrics)
+        self.state = ServerState()
+        self.readiness = Readiness(self.state, self.registry)
+        limits = Limits(settings.max_inflight_requests, settings.max_inflight_bytes)
+        self.plane = DataPlane(self.registry, self.metrics, self.state, limits)
         self.health = HealthServicer()
-        self.started = asyncio.Event()
         self.grpc_port = 0
         self.metrics_port = 0
         self._metrics_http: Any = None
@@ -60,10 +63,10 @@ class NNServeServer:
             interceptors=[ErrorAndMetricsInterceptor(self.metrics)], options=options
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.plane, self.registry, self.started), self.server
+            KServeServicer(self.plane, self.registry, self.readiness), self.server
         )
         nnserve_pb2_grpc.add_PredictorServicer_to_server(
-            PredictorServicer(self.plane, self.registry), self.server
+            PredictorServicer(self.plane, self.readiness), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -85,21 +88,12 @@ class NNServeServer:
         task.add_done_callback(self._health_tasks.discard)
 
     def _on_model_state(self, mv: ModelVersion) -> None:
-        self._set_health(mv.name, SERVING if self._model_serving(mv.name) else NOT_SERVING)
+        ready = self.readiness.model_ready(mv.name)
+        self._set_health(mv.name, SERVING if ready else NOT_SERVING)
         self._update_overall()
 
-    def _model_serving(self, name: str) -> bool:
-        return not self.plane.draining and any(
-            v.ready for v in self.registry.versions(name).values()
-        )
-
     def _update_overall(self) -> None:
-        serving = (
-            self.started.is_set()
-            and not self.plane.draining
-            and any(mv.ready for mv in self.registry.all_versions())
-        )
-        status = SERVING if serving else NOT_SERVING
+        status = SERVING if self.readiness.serving() else NOT_SERVING
         for service in ("", KSERVE_SERVICE, PREDICTOR_SERVICE):
             self._set_health(service, status)
 
@@ -128,7 +122,7 @@ class NNServeServer:
     async def _load(self) -> None:
         start = time.perf_counter()
         await self.registry.load_startup()
-        self.started.set()
+        self.state.started = True
         self._update_overall()
         ready = [f"{mv.name}/{mv.version}" for mv in self.registry.all_versions() if mv.ready]
         log.info("ready in %.2fs: %s", time.perf_counter() - start, ", ".join(ready) or "no models")
@@ -140,7 +134,7 @@ class NNServeServer:
         self._stopped = True
         grace = self.settings.drain_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
-        self.plane.draining = True
+        self.state.draining = True
         await self.health.enter_graceful_shutdown()
         self.registry.drain()
         if self._loader is not None and not self._loader.done():

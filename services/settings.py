@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.repository import ServingDefaults
 
 
 class DevicePolicy(StrEnum):
@@ -82,6 +85,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
 
+    max_inflight_requests: int = 4096
+    """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
+
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    """Decoded input tensor bytes accepted at once, all models; more get RESOURCE_EXHAUSTED."""
+
     drain_grace_seconds: float = 10.0
     """On SIGTERM: NOT_SERVING, then this long for in-flight requests to finish."""
 
@@ -101,10 +110,35 @@ class Settings(BaseSettings):
             self.models = list(SERVICE_MODELS[self.service])
         return self
 
-    def policy_for(self, model: str, declared: str | None) -> DevicePolicy:
-        """Per-model setting, then an explicit process-wide one, then model.json."""
+    def serving_config(self, model: str, declared: ServingDefaults) -> ServingConfig:
+        """A model's serving configuration: these settings over what model.json declares.
+
+        Resolved once at load; the registry, the batcher and ModelConfig all read it.
+        """
         if model in self.model_policies:
-            return self.model_policies[model]
-        if "device_policy" not in self.model_fields_set and declared:
-            return DevicePolicy(declared)
-        return self.device_policy
+            policy = self.model_policies[model]
+        elif "device_policy" not in self.model_fields_set and declared.device_policy:
+            policy = DevicePolicy(declared.device_policy)
+        else:
+            policy = self.device_policy
+        delay_ms = (
+            declared.max_queue_delay_ms
+            if self.max_queue_delay_ms is None
+            else self.max_queue_delay_ms
+        )
+        return ServingConfig(
+            device_policy=policy,
+            max_batch_size=max(1, self.max_batch_size or declared.max_batch_size),
+            max_queue_delay_s=max(0.0, delay_ms / 1000.0),
+            max_queue_size=max(1, self.max_queue_size),
+        )
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """One model's resolved serving configuration."""
+
+    device_policy: DevicePolicy
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_size: int

@@ -163,7 +163,7 @@ def test_queue_full(scratch_repository: Path, model_repository: Path) -> None:
         service="sequence",
         models=["transformer"],
         max_queue_size=2,
-        max_batch_size=1,
+        max_batch_size=64,
         inference_threads=1,
     )
     with running_server(settings) as server:
@@ -198,11 +198,11 @@ def test_queue_full(scratch_repository: Path, model_repository: Path) -> None:
 
 def test_deadline_exceeded_while_queued(scratch_repository: Path, model_repository: Path) -> None:
     settings = make_settings(
-        scratch_repository, service="sequence", models=["transformer"], max_batch_size=1,
+        scratch_repository, service="sequence", models=["transformer"], max_batch_size=256,
         inference_threads=1,
     )  # fmt: skip
     with running_server(settings) as server:
-        # A request larger than max_batch_size runs alone: 256 rows is tens of ms.
+        # A request of max_batch_size rows runs alone: 256 rows is tens of ms.
         heavy = full_length_request(model_repository, "transformer", 256)
         stub = v2(server)
         # Six heavy requests run one at a time: far more than 30 ms of queued work.
@@ -224,10 +224,10 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
     """A request whose deadline passes while queued is dropped before it reaches ORT."""
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        max_batch_size=64,
+        max_batch_size=256,
     )  # fmt: skip
     with running_server(settings) as server:
-        # A request larger than max_batch_size runs alone: 256 rows is tens of ms.
+        # A request of max_batch_size rows runs alone: 256 rows is tens of ms.
         heavy = full_length_request(model_repository, "transformer", 256)
         light = infer_request(
             "transformer",

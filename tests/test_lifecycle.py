@@ -79,10 +79,10 @@ def test_in_flight_requests_complete_during_drain(
 ) -> None:
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        max_batch_size=64,
+        max_batch_size=256,
     )  # fmt: skip
     with running_server(settings) as server:
-        # Larger than max_batch_size: each request runs alone for tens of milliseconds.
+        # A full batch each: every request runs alone for tens of milliseconds.
         request = full_length_request(model_repository, "transformer", 256)
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         results: list[str] = []
@@ -100,7 +100,7 @@ def test_in_flight_requests_complete_during_drain(
         # Each request is a full batch and one runs at a time: wait until one runs and
         # seven queue, so all eight are in the server when the drain starts.
         deadline = time.monotonic() + 5
-        while server.server.registry.resolve("transformer").batcher.queue_depth < 7:  # type: ignore[union-attr]
+        while server.server.registry.resolve("transformer").batcher.queue_depth < 7:
             assert time.monotonic() < deadline, "requests never queued"
             time.sleep(0.001)
         server.call(server.server.stop(grace=20.0))
@@ -117,7 +117,7 @@ def test_in_flight_requests_complete_during_drain(
 def test_requests_during_drain_are_unavailable(scratch_repository: Path) -> None:
     settings = make_settings(scratch_repository, service="classify", models=["mlp"])
     with running_server(settings) as server:
-        server.server.plane.draining = True  # the first step of stop(), held open
+        server.server.state.draining = True  # the first step of stop(), held open
         inputs = golden_inputs(scratch_repository, "mlp")
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.GRPCInferenceServiceStub(server.channel()).ModelInfer(

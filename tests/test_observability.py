@@ -174,14 +174,14 @@ def build_round(
 
     # A server-side error: the sequence service answers UNAVAILABLE while it drains.
     transformer = infer_request("transformer", golden_inputs(repository, "transformer"))
-    plane = servers["sequence"].server.plane
+    state = servers["sequence"].server.state
 
     def while_draining(timeout: float) -> Any:
-        plane.draining = True
+        state.draining = True
         try:
             return sequence_v2.ModelInfer(transformer, timeout=timeout)
         finally:
-            plane.draining = False
+            state.draining = False
 
     calls.append(
         Call("sequence", "transformer", KSERVE, "ModelInfer", "UNAVAILABLE", while_draining)
