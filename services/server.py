@@ -139,7 +139,10 @@ class NNServeServer:
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        while self.registry.busy() and time.monotonic() < deadline:
+        # Accepted requests (decode to encode, queued or running) finish before the port closes.
+        while (
+            self.registry.busy() or self.plane.inflight_requests
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self._metrics_http is not None:
