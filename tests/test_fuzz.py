@@ -136,7 +136,7 @@ def sequence_requests(draw: st.DrawFn) -> npb.SequenceRequest:
         elif kind == "tokens":
             item.tokens.tokens.extend(draw(st.lists(st.text(max_size=60), max_size=20)))
         elif kind == "numeric":
-            item.numeric.features = draw(st.integers(-2, 10))
+            item.numeric.features = draw(st.integers(0, 10) | st.just(2**32 - 1))
             item.numeric.values.extend(draw(st.lists(FLOATS, max_size=40)))
     return request
 
