@@ -5,8 +5,8 @@
     python -m bench.gpu_check --preflight             # the environment checks alone
     python -m bench.gpu_check --allow-cpu --quick     # the CPU-only paths, anywhere
 
-On a machine with an NVIDIA GPU and onnxruntime-gpu (on the GPU test machine,
-`export PYTHONPATH=/tmp/ortgpu:$PYTHONPATH` first), in a few minutes:
+On a machine with an NVIDIA GPU and onnxruntime-gpu (unpacked outside the environment:
+on PYTHONPATH first), in a few minutes:
   1. environment: onnxruntime offers CUDAExecutionProvider and the CUDA driver reports a
      GPU (else it stops here, in about a second, exit 1); nvidia-smi; the modules the
      services import; then the CUDA libraries are preloaded (`import torch`, else
