@@ -13,8 +13,8 @@ ORT_BUILD := $(shell sh bench/ort_build.sh '$(ORT)')
 ifeq ($(filter cpu gpu,$(ORT_BUILD)),)
 $(error ORT must be auto, gpu or cpu (got '$(ORT)'))
 endif
-# The GPU build comes with the CUDA runtime and cuDNN wheels (extra `cuda`): the driver is
-# all the machine needs. Both builds install into site-packages/onnxruntime, so an
+# The GPU build comes with the CUDA runtime and cuDNN wheels (extra `cuda`), so that the
+# NVIDIA driver is meant to be all the machine needs. Both builds install into site-packages/onnxruntime, so an
 # environment holds exactly one: when the other is there, both are removed and ours is
 # installed whole. The stamp names the build, so changing ORT reinstalls.
 ifeq ($(ORT_BUILD),gpu)
