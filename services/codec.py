@@ -150,6 +150,7 @@ def model_config(
     serving: ServingConfig,
     provider: str,
     placement: dict[str, dict[int, float]] | None = None,
+    fallback_reason: str = "",
 ) -> mc.ModelConfig:
     """Triton-style config: dims exclude the batch axis since every model batches."""
     config = mc.ModelConfig(
@@ -180,6 +181,8 @@ def model_config(
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
     config.parameters["device_policy"].string_value = serving.device_policy.value
+    if fallback_reason:  # the policy allowed CUDA, but the model runs on the CPU
+        config.parameters["execution_provider_fallback"].string_value = fallback_reason
     for name, timings in (placement or {}).items():
         config.parameters[f"placement_{name}"].string_value = ", ".join(
             f"batch {rows}: {seconds * 1e3:.3f} ms" for rows, seconds in sorted(timings.items())

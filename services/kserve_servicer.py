@@ -98,7 +98,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         model = described(self._readiness.describe(request.name, request.version))
         config = codec.model_config(
-            model.spec, model.config, model.provider, model.session.placement
+            model.spec, model.config, model.provider, model.session.placement, model.fallback_reason
         )
         return pb.ModelConfigResponse(config=config)
 

@@ -82,6 +82,12 @@ class Metrics:
             ["model", "version", "family", "task", "provider"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self.provider_fallback = Gauge(
+            "nnserve_provider_fallback",
+            "1 when a model version whose policy allows CUDA runs on the CPU; reason label: "
+            "cuda_not_in_build, no_gpu or cuda_failed_to_load.",
+            ["model", "version", "reason"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.placement = Gauge(
             "nnserve_placement_seconds",
             "Median run time measured at load per provider and batch size (measure policy).",
