@@ -99,7 +99,7 @@ def _send(
 
 def scenario_oversized(stub: pb_grpc.GRPCInferenceServiceStub) -> list[str]:
     images = np.zeros((61_440, 1, 8, 8), np.float32)  # 15 MiB
-    return _send(stub, _tensor_request("cnn", "pixels", images, raw=True), 1)
+    return _send(stub, _tensor_request("cnn", "image", images, raw=True), 1)
 
 
 def scenario_wide(stub: pb_grpc.GRPCInferenceServiceStub) -> list[str]:
@@ -112,7 +112,7 @@ def scenario_wide(stub: pb_grpc.GRPCInferenceServiceStub) -> list[str]:
 
 def scenario_full(stub: pb_grpc.GRPCInferenceServiceStub) -> list[str]:
     images = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
-    request = _tensor_request("cnn", "pixels", images, raw=True)
+    request = _tensor_request("cnn", "image", images, raw=True)
     with ThreadPoolExecutor(12) as pool:
         results = pool.map(lambda _: _send(stub, request, 40), range(12))
     return [c for r in results for c in r]

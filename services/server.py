@@ -162,13 +162,14 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_seconds)),
         # Clients may ping idle connections (tritonclient and Envoy do) but not flood.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_seconds)),
     ]
+    if s.max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", s.max_concurrent_streams))
     if s.keepalive_seconds > 0:
         options.append(("grpc.keepalive_time_ms", ms(s.keepalive_seconds)))
     if s.max_connection_idle_seconds > 0:

@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
 
-    max_concurrent_streams: int = 256
-    """Concurrent calls per client connection (HTTP/2 streams); more wait for a free one."""
+    max_concurrent_streams: int = 0
+    """Concurrent calls per client connection (HTTP/2 streams; 0: gRPC's default, no limit).
+    Streams a client opens beyond it are refused (REFUSED_STREAM), so set it only with
+    clients that respect the limit; max_concurrent_rpcs bounds the total either way."""
 
     max_concurrent_rpcs: int = 8192
     """Calls running at once on the server, all connections; more get RESOURCE_EXHAUSTED."""

@@ -89,21 +89,18 @@ def test_unknown_method_paths_answer_unimplemented_and_are_not_kept(
     assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
 
 
-def test_bytes_and_calls_in_flight_are_bounded(
-    scratch_repository: Path, model_repository: Path
-) -> None:
-    """With the only inference thread held, accepted requests hold their bytes: a request
-    that would exceed max_inflight_bytes, or a call beyond max_concurrent_rpcs, gets
-    RESOURCE_EXHAUSTED at once; the held ones complete once the thread is free."""
-    max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
-    tokens = np.full((64, max_length), 2, np.int64)
-    lengths = np.full(64, max_length, np.int64)
-    heavy = infer_request("transformer", {"tokens": tokens, "lengths": lengths})
-    size = tokens.nbytes + lengths.nbytes
+def _held_burst(
+    scratch_repository: Path, model_repository: Path, count: int, **limits: int
+) -> tuple[list[grpc.StatusCode], list[str]]:
+    """With the only inference thread held by a job that waits on an event, send `count`
+    full-batch transformer requests at once; release the thread once every request is
+    either answered or admitted; return the codes and details, then check the server
+    serves again."""
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        max_inflight_bytes=int(2.5 * size), max_concurrent_rpcs=6,
+        **limits,
     )  # fmt: skip
+    request = heavy_request(model_repository)
     with running_server(settings) as server:
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         gate, held = threading.Event(), threading.Event()
@@ -120,7 +117,7 @@ def test_bytes_and_calls_in_flight_are_bounded(
 
         def send() -> None:
             try:
-                stub.ModelInfer(heavy, timeout=30)
+                stub.ModelInfer(request, timeout=30)
                 code, detail = Code.OK, ""
             except grpc.RpcError as exc:
                 code, detail = exc.code(), exc.details() or ""
@@ -128,25 +125,22 @@ def test_bytes_and_calls_in_flight_are_bounded(
                 codes.append(code)
                 details.append(detail)
 
-        threads = [threading.Thread(target=send) for _ in range(8)]
+        threads = [threading.Thread(target=send) for _ in range(count)]
         for t in threads:
             t.start()
-        while True:  # all eight have answered or are held in the server
+        plane = server.server.plane
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every request answered or held in the server
             with lock:
                 answered = len(codes)
-            if answered >= 6:
+            if answered + plane.inflight_requests >= count:
                 break
             time.sleep(0.01)
         gate.set()
         for t in threads:
             t.join(30)
-        # 6 calls admitted (max_concurrent_rpcs), 2 of them fit in the bytes bound.
-        assert codes.count(Code.OK) == 2, codes
-        assert codes.count(Code.RESOURCE_EXHAUSTED) == 6, codes
-        assert sum("max_inflight_bytes" in d for d in details) == 4, details
-        assert sum("Concurrent RPC limit" in d for d in details) == 2, details
-        # Once the calls have ended, their slots are free again (gRPC frees them as the
-        # calls finish on the server, a moment after the client has its answer).
+        # The calls' slots are free again (gRPC frees them as the calls finish on the
+        # server, a moment after the client has its answer).
         small = infer_request("transformer", golden_inputs(model_repository, "transformer"))
         for attempt in range(50):
             try:
@@ -155,4 +149,35 @@ def test_bytes_and_calls_in_flight_are_bounded(
             except grpc.RpcError as exc:
                 assert exc.code() == Code.RESOURCE_EXHAUSTED and attempt < 49
                 time.sleep(0.02)
-        print(f"slots free again after {attempt} retries")
+    return codes, details
+
+
+def heavy_request(model_repository: Path) -> pb.ModelInferRequest:
+    max_length = model_json(model_repository, "transformer")["sequence"]["max_length"]
+    tokens = np.full((64, max_length), 2, np.int64)
+    lengths = np.full(64, max_length, np.int64)
+    return infer_request("transformer", {"tokens": tokens, "lengths": lengths})
+
+
+def _request_bytes(request: pb.ModelInferRequest) -> int:
+    return sum(len(raw) for raw in request.raw_input_contents)
+
+
+def test_bytes_in_flight_are_bounded(scratch_repository: Path, model_repository: Path) -> None:
+    """Accepted requests hold their tensor bytes until answered: beyond
+    max_inflight_bytes, a request gets RESOURCE_EXHAUSTED at once."""
+    size = _request_bytes(heavy_request(model_repository))
+    codes, details = _held_burst(
+        scratch_repository, model_repository, 6, max_inflight_bytes=int(2.5 * size)
+    )
+    assert codes.count(Code.OK) == 2, codes  # two fit in 2.5 requests' worth
+    assert codes.count(Code.RESOURCE_EXHAUSTED) == 4, codes
+    assert all("max_inflight_bytes" in d for d in details if d), details
+
+
+def test_calls_in_flight_are_bounded(scratch_repository: Path, model_repository: Path) -> None:
+    """Beyond max_concurrent_rpcs running calls, gRPC answers RESOURCE_EXHAUSTED at once."""
+    codes, details = _held_burst(scratch_repository, model_repository, 6, max_concurrent_rpcs=4)
+    assert codes.count(Code.OK) == 4, codes
+    assert codes.count(Code.RESOURCE_EXHAUSTED) == 2, codes
+    assert all("Concurrent RPC limit" in d for d in details if d), details

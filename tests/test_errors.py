@@ -104,7 +104,7 @@ def test_nan_inf_and_empty_batch(servers: dict[str, RunningServer], model_reposi
     expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "NaN")
     row = npb.ClassifyRequest(model_name="mlp")
     row.rows.add(named={"no_such_feature": 1.0})
-    expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "unknown features")
+    expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "unknown feature")
 
 
 def test_sequence_errors(servers: dict[str, RunningServer], model_repository: Path) -> None:
@@ -119,7 +119,7 @@ def test_sequence_errors(servers: dict[str, RunningServer], model_repository: Pa
 
     unknown = npb.SequenceRequest(model_name="lstm")
     unknown.sequences.add(tokens=npb.TokenStrings(tokens=["definitely.not.an.event"]))
-    expect_error(domain.Sequence, unknown, Code.INVALID_ARGUMENT, "unknown tokens")
+    expect_error(domain.Sequence, unknown, Code.INVALID_ARGUMENT, "unknown token")
 
     out_of_range = npb.SequenceRequest(model_name="lstm")
     out_of_range.sequences.add(token_ids=npb.TokenIds(ids=[2, vocab + 5]))
