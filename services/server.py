@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
+from services.auth import Authenticator
 from services.dataplane import DataPlane, Limits
 from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
@@ -25,6 +26,7 @@ from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
 from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
+from services.security import CertificateReloader, server_credentials
 from services.settings import Settings
 from services.workers import InferenceThreads
 
@@ -53,15 +55,21 @@ class NNServeServer:
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
+        self.certificates: CertificateReloader | None = None
+        # A tokens file that cannot be read stops the server here, before it binds.
+        self.auth = (
+            Authenticator(settings.tokens_file, self.metrics.auth_failures)
+            if settings.tokens_file is not None
+            else None
+        )
 
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
-        self.server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics)], options=options
-        )
+        interceptor = ErrorAndMetricsInterceptor(self.metrics, self.auth, settings.auth_health)
+        self.server = grpc.aio.server(interceptors=[interceptor], options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.plane, self.registry, self.readiness), self.server
         )
@@ -102,7 +110,13 @@ class NNServeServer:
     async def start(self, wait_for_models: bool = True) -> None:
         """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
         s = self.settings
-        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        tls = s.tls
+        if tls is None:  # Settings allow this only on loopback or with NNSERVE_PLAINTEXT=true
+            self.grpc_port = self.server.add_insecure_port(address)
+        else:
+            credentials, self.certificates = server_credentials(tls)
+            self.grpc_port = self.server.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         if s.metrics_port is not None and s.metrics_port >= 0:
@@ -111,9 +125,11 @@ class NNServeServer:
             )
         self._update_overall()
         await self.server.start()
+        transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC on %s:%d, metrics on :%d",
-            s.service, s.host, self.grpc_port, self.metrics_port,
+            "%s service: gRPC (%s%s) on %s:%d, metrics on :%d",
+            s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
+            self.metrics_port,
         )  # fmt: skip
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:
