@@ -85,6 +85,7 @@ class CertificateReloader:
         self.files = files
         self._lock = threading.Lock()
         self._stamp = _stamp(files.paths)
+        self._rejected: _Stamp | None = None  # files already found unusable: log once
         self.initial = self._configuration(*_read_checked(files))
         self.reloads = 0
 
@@ -97,10 +98,11 @@ class CertificateReloader:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by gRPC before each new handshake: a new configuration, or None to keep
         the current one. Never raises (an exception here would fail the handshake)."""
+        stamp: _Stamp | None = None
         try:
             with self._lock:
                 stamp = _stamp(self.files.paths)
-                if stamp == self._stamp:
+                if stamp in (self._stamp, self._rejected):
                     return None
                 config = self._configuration(*_read_checked(self.files))
                 self._stamp = stamp
@@ -108,7 +110,8 @@ class CertificateReloader:
             log.info("TLS certificate files changed: new connections use the new files")
             return config
         except (OSError, TLSConfigError) as err:
-            # Mid-rotation (key written, certificate not yet) or a bad file: keep serving.
+            # Mid-rotation (certificate written, key not yet) or a bad file: keep serving.
+            self._rejected = stamp
             log.warning("TLS certificate reload skipped, previous files stay in use: %s", err)
             return None
 

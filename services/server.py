@@ -42,6 +42,17 @@ class NNServeServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # Unusable TLS or tokens files stop the server here, before anything starts.
+        tls = settings.tls
+        self._credentials: grpc.ServerCredentials | None = None
+        self.certificates: CertificateReloader | None = None
+        if tls is not None:
+            self._credentials, self.certificates = server_credentials(tls)
+        self.auth = (
+            Authenticator(settings.tokens_file, self.metrics.auth_failures)
+            if settings.tokens_file is not None
+            else None
+        )
         self.threads = InferenceThreads(settings.inference_threads)
         self.registry = ModelRegistry(settings, self.metrics, self.threads)
         self.state = ServerState()
@@ -55,13 +66,6 @@ class NNServeServer:
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
-        self.certificates: CertificateReloader | None = None
-        # A tokens file that cannot be read stops the server here, before it binds.
-        self.auth = (
-            Authenticator(settings.tokens_file, self.metrics.auth_failures)
-            if settings.tokens_file is not None
-            else None
-        )
 
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -111,12 +115,10 @@ class NNServeServer:
         """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
         s = self.settings
         address = f"{s.host}:{s.grpc_port}"
-        tls = s.tls
-        if tls is None:  # Settings allow this only on loopback or with NNSERVE_PLAINTEXT=true
+        if self._credentials is None:  # Settings allow this only on loopback or when chosen
             self.grpc_port = self.server.add_insecure_port(address)
         else:
-            credentials, self.certificates = server_credentials(tls)
-            self.grpc_port = self.server.add_secure_port(address, credentials)
+            self.grpc_port = self.server.add_secure_port(address, self._credentials)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         if s.metrics_port is not None and s.metrics_port >= 0:
@@ -125,6 +127,7 @@ class NNServeServer:
             )
         self._update_overall()
         await self.server.start()
+        tls = s.tls
         transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
             "%s service: gRPC (%s%s) on %s:%d, metrics on :%d",
