@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -586,6 +587,63 @@ def test_a_bad_tokens_file_stops_the_server(
     path.write_text(document)
     with pytest.raises(auth.TokensFileError):
         build_server(make_settings(model_repository, models=[MODEL], tokens_file=path))
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_worker_processes_serve_mtls_and_tokens_from_the_environment(
+    model_repository: Path, pki: PKI, tokens_file: Path
+) -> None:
+    """`python -m services --workers 2` configured only by NNSERVE_* variables: every
+    worker serves mutual TLS and checks tokens; SIGTERM ends them cleanly."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NNSERVE_")}
+    env |= {
+        "NNSERVE_REPOSITORY": str(model_repository),
+        "NNSERVE_MODELS": json.dumps([MODEL]),
+        "NNSERVE_GRPC_PORT": str(port),
+        "NNSERVE_METRICS_PORT": "-1",
+        "NNSERVE_WORKERS": "2",
+        "NNSERVE_TLS_CERT": str(pki.server.cert),
+        "NNSERVE_TLS_KEY": str(pki.server.key),
+        "NNSERVE_TLS_CLIENT_CA": str(pki.ca.cert),
+        "NNSERVE_TOKENS_FILE": str(tokens_file),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline, serving_in_a_row = time.monotonic() + 90, 0
+        while serving_in_a_row < 6:  # new connections spread over both workers
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "workers did not become SERVING"
+            ok = health_code(address, pki.ca.cert, pki.client) == SERVING
+            serving_in_a_row = serving_in_a_row + 1 if ok else 0
+            time.sleep(0 if ok else 0.2)
+        assert health_code(address, pki.ca.cert) is grpc.StatusCode.UNAVAILABLE  # no cert
+        tls = {"ca": pki.ca.cert, "cert": pki.client.cert, "key": pki.client.key}
+        for _ in range(4):
+            with NNServeClient(address, token=INFER_TOKEN, **tls) as client:
+                assert client.describe(MODEL).name == MODEL
+            with NNServeClient(address, **tls) as anonymous, pytest.raises(NNServeError) as err:
+                anonymous.describe(MODEL)
+            assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert output.count("(mutual TLS, tokens)") == 2  # each worker's start line
+    assert INFER_TOKEN not in output
 
 
 # ---------------------------------------------------------------- plaintext policy
