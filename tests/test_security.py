@@ -365,6 +365,29 @@ def test_certificate_rotation_reaches_new_connections_without_a_restart(
         assert running.server.certificates.reloads == 1
 
 
+def test_client_ca_bundle_reload_admits_a_new_ca(
+    model_repository: Path, pki: PKI, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "client-ca.pem"
+    bundle.write_bytes(pki.ca.cert.read_bytes())
+    settings = make_settings(
+        model_repository,
+        models=[MODEL],
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tls_client_ca=bundle,
+    )
+    with running_server(settings) as running:
+        address, ca = running.address, pki.ca.cert
+        assert health_code(address, ca, pki.foreign_client) is grpc.StatusCode.UNAVAILABLE
+        both = tmp_path / "both.pem"
+        both.write_bytes(pki.ca.cert.read_bytes() + pki.other_ca.cert.read_bytes())
+        replace_file(both, bundle)
+        assert health_code(address, ca, pki.foreign_client) == SERVING
+        assert health_code(address, ca, pki.client) == SERVING
+        assert health_code(address, ca) is grpc.StatusCode.UNAVAILABLE  # still mutual TLS
+
+
 # ---------------------------------------------------------------- tokens
 
 INFER_TOKEN = "infer-" + "i" * 40
