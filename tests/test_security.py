@@ -455,6 +455,15 @@ def test_tokens_roles_metrics_and_logs(
         admin_code = code_of(kserve.RepositoryModelUnload, unload, bearer(ADMIN_TOKEN))
         assert admin_code not in (denied, unauthenticated)
 
+        # The bidirectional stream is checked before it reads a message.
+        with pytest.raises(grpc.RpcError) as stream_err:
+            list(kserve.ModelStreamInfer(iter([infer]), timeout=10))
+        assert stream_err.value.code() is unauthenticated  # type: ignore[attr-defined]
+        [streamed] = kserve.ModelStreamInfer(
+            iter([infer]), timeout=10, metadata=bearer(INFER_TOKEN)
+        )
+        assert streamed.error_message == "" and streamed.infer_response.model_name == MODEL
+
         # The domain API through the client library.
         with NNServeClient(server.address) as anonymous, pytest.raises(NNServeError) as err:
             anonymous.classify_tabular(MODEL, [FEATURES])
@@ -473,7 +482,7 @@ def test_tokens_roles_metrics_and_logs(
 
         failures = metric_values(server, "nnserve_auth_failures_total")
         assert failures == {
-            (("reason", "missing"),): 2.0,  # ModelInfer, Classify
+            (("reason", "missing"),): 3.0,  # ModelInfer, ModelStreamInfer, Classify
             (("reason", "malformed"),): 2.0,  # Basic scheme, over-long value
             (("reason", "invalid"),): 1.0,
             (("reason", "forbidden"),): 1.0,
@@ -488,6 +497,8 @@ def test_tokens_roles_metrics_and_logs(
         assert count("RepositoryIndex", "UNAUTHENTICATED") == 2
         assert count("RepositoryModelUnload", "PERMISSION_DENIED") == 1
         assert count("Classify", "UNAUTHENTICATED") == 1
+        assert count("ModelStreamInfer", "UNAUTHENTICATED") == 1
+        assert count("ModelStreamInfer", "OK") == 1
 
     log_text = caplog.text
     assert "rid-wrong" in log_text and "rid-deny" in log_text  # failures logged with the id
