@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 REPOSITORY ?= model_repository
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick soak perf-analyzer gpu-check clean
+        protos bench bench-quick soak perf-analyzer gpu-check fuzz clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -46,6 +46,9 @@ run: models            ## both services on 50051/50052 (metrics 9091/9092) until
 
 test: venv             ## the whole test suite
 	$(PY) -m pytest -q
+
+fuzz: venv             ## a long hypothesis run against real servers (FUZZ_EXAMPLES per test)
+	NNSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -s tests/test_fuzz.py
 
 lint: venv
 	$(PY) -m ruff check .

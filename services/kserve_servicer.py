@@ -177,7 +177,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with self._plane.request(method, name, version, deadline) as scope:
             spec = scope.model.spec
             wanted = codec.requested_outputs(request, spec)
-            inputs = codec.decode_infer_inputs(request, spec)
+            inputs = codec.decode_infer_inputs(request, spec, scope.model.config.max_batch_size)
             outputs = await scope.infer(inputs)
             return codec.encode_infer_response(request, spec, outputs, wanted)
 

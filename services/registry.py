@@ -143,8 +143,9 @@ class ModelRegistry:
             ready = [v for v in versions.values() if v.ready]
             return max(ready or versions.values(), key=lambda v: v.version)
         # str.isdigit accepts '²' and '①'; only ASCII digits name a version.
-        number = int(version) if version.isascii() and version.isdigit() else None
-        if number is None or number not in versions or len(version) > 18:
+        valid = len(version) <= 18 and version.isascii() and version.isdigit()
+        number = int(version) if valid else None
+        if number is None or number not in versions:
             raise ModelNotFound(
                 f"model {shown(name)} has no version {shown(version)}; "
                 f"versions: {', '.join(str(v) for v in sorted(versions))}"

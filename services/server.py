@@ -67,13 +67,12 @@ class NNServeServer:
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
 
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        ]
         interceptor = ErrorAndMetricsInterceptor(self.metrics, self.auth, settings.auth_health)
-        self.server = grpc.aio.server(interceptors=[interceptor], options=options)
+        self.server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.plane, self.registry, self.readiness), self.server
         )
@@ -158,7 +157,10 @@ class NNServeServer:
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        while self.registry.busy() and time.monotonic() < deadline:
+        # Accepted requests (decode to encode, queued or running) finish before the port closes.
+        while (
+            self.registry.busy() or self.plane.inflight_requests
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self._metrics_http is not None:
@@ -169,6 +171,32 @@ class NNServeServer:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def server_options(s: Settings) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message size, connection hygiene (docs/operations.md)."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_seconds)),
+        # Clients may ping idle connections (tritonclient and Envoy do) but not flood.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_seconds)),
+    ]
+    if s.keepalive_seconds > 0:
+        options.append(("grpc.keepalive_time_ms", ms(s.keepalive_seconds)))
+    if s.max_connection_idle_seconds > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(s.max_connection_idle_seconds)))
+    if s.max_connection_age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", ms(s.max_connection_age_seconds)))
+    return options
 
 
 def build_server(settings: Settings, metrics: Metrics | None = None) -> NNServeServer:

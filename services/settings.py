@@ -86,6 +86,27 @@ class Settings(BaseSettings):
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
 
+    max_concurrent_streams: int = 256
+    """Concurrent calls per client connection (HTTP/2 streams); more wait for a free one."""
+
+    max_concurrent_rpcs: int = 8192
+    """Calls running at once on the server, all connections; more get RESOURCE_EXHAUSTED."""
+
+    keepalive_seconds: float = 60.0
+    """Ping an idle connection this often to find dead peers (0 disables)."""
+
+    keepalive_timeout_seconds: float = 20.0
+    """Close a connection whose keepalive ping is not answered within this time."""
+
+    max_connection_idle_seconds: float = 0.0
+    """Close connections idle for this long (0: never)."""
+
+    max_connection_age_seconds: float = 0.0
+    """Ask clients to reconnect after this long (0: never); spreads load after scale-out."""
+
+    max_connection_age_grace_seconds: float = 30.0
+    """Time calls on an aged connection get to finish before it is closed."""
+
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
