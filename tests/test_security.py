@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -664,14 +665,19 @@ def test_worker_processes_serve_mtls_and_tokens_from_the_environment(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True)
+    reader.start()
     try:
-        deadline, serving_in_a_row = time.monotonic() + 90, 0
-        while serving_in_a_row < 6:  # new connections spread over both workers
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "workers did not become SERVING"
-            ok = health_code(address, pki.ca.cert, pki.client) == SERVING
-            serving_in_a_row = serving_in_a_row + 1 if ok else 0
-            time.sleep(0 if ok else 0.2)
+        # Both workers have loaded their models (a SIGTERM during a worker's start-up
+        # would end it before its signal handler exists).
+        deadline = time.monotonic() + 90
+        while sum("ready in" in line for line in list(lines)) < 2:
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "workers did not become ready"
+            time.sleep(0.1)
+        assert health_code(address, pki.ca.cert, pki.client) == SERVING
         assert health_code(address, pki.ca.cert) is grpc.StatusCode.UNAVAILABLE  # no cert
         tls: dict[str, Any] = {"ca": pki.ca.cert, "cert": pki.client.cert, "key": pki.client.key}
         for _ in range(4):
@@ -682,7 +688,9 @@ def test_worker_processes_serve_mtls_and_tokens_from_the_environment(
             assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
+        reader.join(10)
+    output = "".join(lines)
     assert process.returncode == 0, output
     assert output.count("(mutual TLS, tokens)") == 2  # each worker's start line
     assert INFER_TOKEN not in output
