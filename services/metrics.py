@@ -107,6 +107,11 @@ class Metrics:
             ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
+        self.auth_failures = Counter(
+            "nnserve_auth_failures", "Calls refused by token authentication or authorisation.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+
     def for_model(self, model: str, version: int, providers: tuple[str, ...]) -> ModelMetrics:
         v = str(version)
         return ModelMetrics(

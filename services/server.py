@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
+from services.auth import Authenticator
 from services.dataplane import DataPlane, Limits
 from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
@@ -25,6 +26,7 @@ from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
 from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
+from services.security import CertificateReloader, server_credentials
 from services.settings import Settings
 from services.workers import InferenceThreads
 
@@ -40,6 +42,17 @@ class NNServeServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # Unusable TLS or tokens files stop the server here, before anything starts.
+        tls = settings.tls
+        self._credentials: grpc.ServerCredentials | None = None
+        self.certificates: CertificateReloader | None = None
+        if tls is not None:
+            self._credentials, self.certificates = server_credentials(tls)
+        self.auth = (
+            Authenticator(settings.tokens_file, self.metrics.auth_failures)
+            if settings.tokens_file is not None
+            else None
+        )
         self.threads = InferenceThreads(settings.inference_threads)
         self.registry = ModelRegistry(settings, self.metrics, self.threads)
         self.state = ServerState()
@@ -54,8 +67,9 @@ class NNServeServer:
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
 
+        interceptor = ErrorAndMetricsInterceptor(self.metrics, self.auth, settings.auth_health)
         self.server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics)],
+            interceptors=[interceptor],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -99,7 +113,11 @@ class NNServeServer:
     async def start(self, wait_for_models: bool = True) -> None:
         """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
         s = self.settings
-        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if self._credentials is None:  # Settings allow this only on loopback or when chosen
+            self.grpc_port = self.server.add_insecure_port(address)
+        else:
+            self.grpc_port = self.server.add_secure_port(address, self._credentials)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         if s.metrics_port is not None and s.metrics_port >= 0:
@@ -108,9 +126,12 @@ class NNServeServer:
             )
         self._update_overall()
         await self.server.start()
+        tls = s.tls
+        transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC on %s:%d, metrics on :%d",
-            s.service, s.host, self.grpc_port, self.metrics_port,
+            "%s service: gRPC (%s%s) on %s:%d, metrics on :%d",
+            s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
+            self.metrics_port,
         )  # fmt: skip
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:

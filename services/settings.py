@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.repository import ServingDefaults
+from services.security import TLSFiles, is_loopback
 
 
 class DevicePolicy(StrEnum):
@@ -121,6 +122,50 @@ class Settings(BaseSettings):
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
 
     log_level: str = "INFO"
+
+    # ---- security (docs/operations.md "Security"): TLS, mutual TLS, bearer tokens
+    tls_cert: Path | None = None
+    """PEM server certificate (chain); with tls_key turns TLS on. Re-read when it changes."""
+
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+
+    plaintext: bool = False
+    """Serve gRPC without TLS on a non-loopback host (e.g. behind a TLS-terminating proxy).
+    Loopback hosts (127.0.0.1, ::1, localhost) are plaintext unless TLS is configured."""
+
+    tokens_file: Path | None = None
+    """JSON file of hashed bearer tokens and their roles; set: every RPC needs a token."""
+
+    auth_health: bool = False
+    """With tokens_file: also require a token for grpc.health.v1 and reflection."""
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("NNSERVE_TLS_CERT and NNSERVE_TLS_KEY must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("NNSERVE_TLS_CLIENT_CA needs NNSERVE_TLS_CERT and NNSERVE_TLS_KEY")
+        if self.plaintext and self.tls_cert is not None:
+            raise ValueError("NNSERVE_PLAINTEXT=true contradicts NNSERVE_TLS_CERT: choose one")
+        if self.tls_cert is None and not self.plaintext and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing plaintext gRPC on non-loopback host {self.host!r}: set "
+                "NNSERVE_TLS_CERT and NNSERVE_TLS_KEY, or NNSERVE_PLAINTEXT=true to choose "
+                "plaintext explicitly (e.g. behind a TLS-terminating proxy)"
+            )
+        if self.auth_health and self.tokens_file is None:
+            raise ValueError("NNSERVE_AUTH_HEALTH=true needs NNSERVE_TOKENS_FILE")
+        return self
+
+    @property
+    def tls(self) -> TLSFiles | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @model_validator(mode="after")
     def _service_defaults(self) -> Settings:
