@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from pydantic import ValidationError
 
-from services.process import configure_logging, serve, serve_workers
+from services.logs import configure_logging
+from services.process import run, serve_workers
 from services.settings import Settings
 
 
@@ -17,11 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as err:  # e.g. plaintext on a public host: say why, no traceback
         reasons = "; ".join(str(e["msg"]) for e in err.errors())
         sys.exit(f"nnserve: invalid settings: {reasons}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
         serve_workers(settings)
     else:
-        asyncio.run(serve(settings))
+        run(settings)
 
 
 if __name__ == "__main__":

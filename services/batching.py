@@ -44,6 +44,16 @@ class Runner(Protocol):
     def run(self, feeds: Tensors) -> list[np.ndarray]: ...
 
 
+@dataclass(slots=True)
+class Timing:
+    """Where one request's time went inside the batcher (seconds), filled as it happens."""
+
+    queue: float = 0.0
+    merge: float = 0.0
+    compute: float = 0.0
+    split: float = 0.0
+
+
 @dataclass(slots=True, order=True)
 class _Pending:
     # Heap order: earliest deadline first (math.inf = none), then arrival order.
@@ -55,6 +65,7 @@ class _Pending:
     shape_key: tuple[tuple[int, ...], ...] = field(compare=False)  # batch only when equal
     future: asyncio.Future[Tensors] = field(compare=False)
     enqueued: float = field(compare=False)
+    timing: Timing = field(compare=False)
 
 
 @dataclass
@@ -153,8 +164,11 @@ class Batcher:
     def busy(self) -> bool:
         return bool(self._queue) or self._running > 0
 
-    async def infer(self, inputs: Tensors, rows: int, deadline: float | None) -> Tensors:
-        """Queue one request of at most max_batch_size rows and wait for its outputs."""
+    async def infer(
+        self, inputs: Tensors, rows: int, deadline: float | None, timing: Timing | None = None
+    ) -> Tensors:
+        """Queue one request of at most max_batch_size rows and wait for its outputs;
+        `timing`, when given, receives its queue wait and its batch's phases."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is draining or unloading")
         if rows > self.config.max_batch_size:
@@ -180,6 +194,7 @@ class Batcher:
             shape_key=tuple(v.shape[1:] for k, v in inputs.items() if k not in padded),
             future=asyncio.get_running_loop().create_future(),
             enqueued=now,
+            timing=timing or Timing(),
         )
         heapq.heappush(self._queue, pending)
         if self._push_gauges:
@@ -238,6 +253,7 @@ class Batcher:
                 break
             self._pop()
             waited = now - head.enqueued
+            head.timing.queue = waited
             self.metrics.queue_wait.observe(waited)
             self.stats.queue_count += 1
             self.stats.queue_ns += int(waited * 1e9)
@@ -292,6 +308,10 @@ class Batcher:
             if outcome.phases is not None:
                 total = sum(p.rows for p in outcome.ran)
                 self.stats.record(total, *outcome.phases)
+                merging, running, splitting = outcome.phases
+                for p in outcome.ran:
+                    t = p.timing
+                    t.merge, t.compute, t.split = merging, running, splitting
             for p, result in zip(outcome.ran, outcome.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from services.batching import Timing
+from services.calls import CURRENT
 from services.errors import (
     DeadlineExpired,
     QueueFull,
@@ -31,6 +33,7 @@ from services.errors import (
 from services.metrics import Metrics
 from services.readiness import ServerState
 from services.registry import LoadedModel, ModelRegistry
+from services.tracing import Tracing
 from services.validation import check_request
 
 Tensors = dict[str, np.ndarray]
@@ -54,11 +57,20 @@ class _Accounting:
 
 class DataPlane:
     def __init__(
-        self, registry: ModelRegistry, metrics: Metrics, state: ServerState, limits: Limits
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        state: ServerState,
+        limits: Limits,
+        *,
+        stage_metrics: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
         self.state = state
         self.limits = limits
+        self.stage_metrics = stage_metrics
+        self.tracing = tracing
         self._metrics = metrics
         self._accounting: dict[tuple[str, int, str], _Accounting] = {}
         self.inflight_requests = 0
@@ -91,8 +103,21 @@ class DataPlane:
 class Request:
     """One request: `async with` resolves the model and accounts for the outcome."""
 
-    __slots__ = ("_bytes", "_deadline", "_method", "_name", "_plane", "_rows", "_start",
-                 "_version", "model")  # fmt: skip
+    __slots__ = (
+        "_bytes",
+        "_deadline",
+        "_entered",
+        "_infer_start",
+        "_inferred",
+        "_method",
+        "_name",
+        "_plane",
+        "_rows",
+        "_start",
+        "_timing",
+        "_version",
+        "model",
+    )  # fmt: skip
 
     def __init__(
         self, plane: DataPlane, method: str, name: str, version: str, deadline: float | None
@@ -105,6 +130,8 @@ class Request:
         self._start = 0.0
         self._rows = 0
         self._bytes = 0
+        self._timing = Timing()
+        self._entered = self._infer_start = self._inferred = 0.0
         self.model: LoadedModel
 
     async def __aenter__(self) -> Request:
@@ -125,6 +152,7 @@ class Request:
             raise
         plane.inflight_requests += 1
         self.model.batcher.enter()
+        self._entered = time.perf_counter()
         return self
 
     async def infer(self, inputs: Tensors) -> Tensors:
@@ -140,7 +168,10 @@ class Request:
             )
         plane.inflight_bytes += size
         self._bytes = size
-        return await self.model.batcher.infer(inputs, self._rows, self._deadline)
+        self._infer_start = time.perf_counter()
+        outputs = await self.model.batcher.infer(inputs, self._rows, self._deadline, self._timing)
+        self._inferred = time.perf_counter()
+        return outputs
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
@@ -149,7 +180,8 @@ class Request:
         plane.inflight_requests -= 1
         plane.inflight_bytes -= self._bytes
         model.batcher.leave()
-        elapsed = time.perf_counter() - self._start
+        end = time.perf_counter()
+        elapsed = end - self._start
         acc = plane.account(model, self._method)
         acc.duration.observe(elapsed)
         stats = model.stats
@@ -159,6 +191,10 @@ class Request:
             stats.success_ns += int(elapsed * 1e9)
             stats.inference_count += self._rows
             stats.last_inference_ms = int(time.time() * 1000)
+            if plane.stage_metrics:
+                self._observe_stages(end)
+            if plane.tracing is not None:
+                self._trace_stages(plane.tracing, end)
             return
         if isinstance(exc, asyncio.CancelledError) and self._expired():
             exc = DeadlineExpired("deadline exceeded")  # the client's deadline ended the call
@@ -166,6 +202,34 @@ class Request:
         plane.count_failure(model, self._name, self._method, code.name)
         stats.fail_count += 1
         stats.fail_ns += int(elapsed * 1e9)
+
+    def _observe_stages(self, end: float) -> None:
+        t = self._timing
+        inside = self._inferred - self._infer_start  # batcher's share: queue to split
+        handoff = max(0.0, inside - t.queue - t.merge - t.compute - t.split)
+        decode = self._infer_start - self._entered
+        for histogram, seconds in zip(
+            self.model.batcher.metrics.stages,
+            (decode, t.queue, t.merge, t.compute, t.split, handoff, end - self._inferred),
+            strict=True,
+        ):
+            histogram.observe(seconds)
+
+    def _trace_stages(self, tracing: Tracing, end: float) -> None:
+        call = CURRENT.get()
+        if call is None or call.span is None:
+            return
+        t, span = self._timing, call.span
+        model: dict[str, str | int] = {
+            "nnserve.model": self.model.name,
+            "nnserve.version": self.model.version,
+        }
+        queued = self._infer_start
+        run_start = queued + t.queue
+        tracing.stage(span, "decode", self._entered, self._infer_start, **model)
+        tracing.stage(span, "queue", queued, run_start, **model)
+        tracing.stage(span, "compute", run_start, self._inferred, rows=self._rows, **model)
+        tracing.stage(span, "encode", self._inferred, end, **model)
 
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline - 0.001

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,13 +26,13 @@ from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
 from services.auth import Authenticator, Role, required_role
+from services.calls import CURRENT, REQUEST_ID_KEY, Call, CallCounter
 from services.errors import InvalidInput, status_of
 from services.metrics import Metrics
+from services.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Expected client-side outcomes: logged at INFO; anything else at WARNING or ERROR.
 _CLIENT_CODES = {
     "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
@@ -68,16 +66,21 @@ def _undecodable() -> InvalidInput:
     return InvalidInput("the request message cannot be decoded (malformed protobuf)")
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex[:16]
-
-
 class _MethodMetrics:
-    def __init__(self, metrics: Metrics, grpc_type: str, service: str, method: str) -> None:
+    """What every call of one method needs, bound once: metric children and tracing."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        grpc_type: str,
+        service: str,
+        method: str,
+        tracing: Tracing | None,
+        calls: CallCounter,
+    ) -> None:
         self.method = f"{service}/{method}"
+        self.tracing = tracing
+        self.calls = calls
         self._labels = (grpc_type, service, method)
         self._handled_family = metrics.grpc_handled
         self.started: Counter = metrics.grpc_started.labels(*self._labels)
@@ -106,9 +109,16 @@ class _Guard:
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, metrics: Metrics, auth: Authenticator | None = None, auth_health: bool = False
+        self,
+        metrics: Metrics,
+        auth: Authenticator | None = None,
+        auth_health: bool = False,
+        tracing: Tracing | None = None,
+        calls: CallCounter | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
+        self.calls = calls or CallCounter()
         self._auth = auth
         self._auth_health = auth_health
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
@@ -136,28 +146,34 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             role = required_role(full_method, self._auth_health)
             guard = _Guard(self._auth, role) if role is not None else None
         if handler.unary_unary:
-            m = _MethodMetrics(self._metrics, "unary", service, name)
+            m = _MethodMetrics(self._metrics, "unary", service, name, self._tracing, self.calls)
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
-            m = _MethodMetrics(self._metrics, "bidi_stream", service, name)
+            m = _MethodMetrics(
+                self._metrics, "bidi_stream", service, name, self._tracing, self.calls
+            )
             return grpc.stream_stream_rpc_method_handler(
                 _bidi(handler.stream_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
-            m = _MethodMetrics(self._metrics, "server_stream", service, name)
+            m = _MethodMetrics(
+                self._metrics, "server_stream", service, name, self._tracing, self.calls
+            )
             return grpc.unary_stream_rpc_method_handler(
                 _server_stream(handler.unary_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and guard is not None:  # health Watch under NNSERVE_AUTH_HEALTH
-            m = _MethodMetrics(self._metrics, "server_stream", service, name)
+            m = _MethodMetrics(
+                self._metrics, "server_stream", service, name, self._tracing, self.calls
+            )
             return grpc.unary_stream_rpc_method_handler(
                 _writing_stream(handler.unary_stream, m, guard),
                 request_deserializer=parse,
@@ -169,12 +185,13 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Accounted:
-    """Count the call, turn exceptions into statuses, record code and duration, log failures.
+    """Open the Call (request id, trace span), count it, turn exceptions into statuses,
+    record code and duration, log failures with the request id.
 
     A plain class, not @asynccontextmanager: this runs on every RPC.
     """
 
-    __slots__ = ("_context", "_m", "_start")
+    __slots__ = ("_call", "_context", "_m", "_start")
 
     def __init__(self, m: _MethodMetrics, context: grpc.aio.ServicerContext) -> None:
         self._m = m
@@ -183,7 +200,16 @@ class _Accounted:
 
     async def __aenter__(self) -> None:
         self._m.started.inc()
+        self._m.calls.started += 1
         self._start = time.perf_counter()
+        tracing = self._m.tracing
+        span = (
+            tracing.start_call(self._m.method, self._context.invocation_metadata() or ())
+            if tracing is not None
+            else None
+        )
+        self._call = Call(self._context, span)
+        CURRENT.set(self._call)  # each RPC runs in its own task: no reset needed
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
@@ -198,7 +224,7 @@ class _Accounted:
                 return False
             status, message = status_of(exc)
             code = status.name
-            rid = request_id(self._context)
+            rid = self._call.request_id
             if status is grpc.StatusCode.INTERNAL:
                 log.error("request %s %s: INTERNAL", rid, self._m.method, exc_info=exc)
             elif code not in _CLIENT_CODES:
@@ -213,6 +239,10 @@ class _Accounted:
         finally:
             self._m.handled(code).inc()
             self._m.handling.observe(time.perf_counter() - self._start)
+            span = self._call.span
+            if span is not None:
+                span.set_attribute("nnserve.request_id", self._call.request_id)
+                Tracing.end_call(span, code)
 
 
 def _unary(

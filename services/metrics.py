@@ -25,6 +25,9 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# A request's stages, in order; handoff is the time between the event loop and an
+# inference thread (both ways), what is left of the batcher's share after the others.
+STAGES = ("decode", "queue", "merge", "compute", "split", "handoff", "encode")
 
 # *_created series double the exposition size and no dashboard or rule uses them.
 disable_created_metrics()
@@ -94,6 +97,12 @@ class Metrics:
             ["model", "version", "provider", "batch_size"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self.request_stage = Histogram(
+            "nnserve_request_stage_seconds",
+            "Where a successful inference request's time went, per stage (they sum to the "
+            "request): decode, queue, merge, compute, split, handoff, encode.",
+            ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r,
@@ -120,6 +129,7 @@ class Metrics:
             batch_size=self.batch_size.labels(model, v),
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
+            stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
         )
 
 
@@ -132,6 +142,7 @@ class ModelMetrics:
     batch_size: Histogram
     queue_depth: Gauge
     inflight: Gauge
+    stages: tuple[Histogram, ...]  # in STAGES order
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

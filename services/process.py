@@ -16,16 +16,10 @@ import signal
 import sys
 import tempfile
 
+from services.logs import configure_logging
 from services.settings import Settings
 
 log = logging.getLogger("services")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
 
 
 async def serve(settings: Settings) -> None:
@@ -42,10 +36,20 @@ async def serve(settings: Settings) -> None:
     await server.stop()
 
 
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT on the configured event loop (asyncio or uvloop)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
+
+
 def _worker(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Only the parent serves /metrics (aggregated across workers).
-    asyncio.run(serve(settings.model_copy(update={"metrics_port": -1})))
+    run(settings.model_copy(update={"metrics_port": -1}))
 
 
 def serve_workers(settings: Settings) -> None:

@@ -16,9 +16,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
 from services.auth import Authenticator
+from services.calls import CallCounter
 from services.dataplane import DataPlane, Limits
 from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
@@ -28,6 +30,7 @@ from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
 from services.security import CertificateReloader, server_credentials
 from services.settings import Settings
+from services.tracing import Tracing
 from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
@@ -35,13 +38,20 @@ log = logging.getLogger(__name__)
 KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PREDICTOR_SERVICE = nnserve_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
+QUIET_BEFORE_STOP_SECONDS = 0.1  # no new call for this long before the port closes
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class NNServeServer:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.tracing = _tracing(settings, span_exporter)
         # Unusable TLS or tokens files stop the server here, before anything starts.
         tls = settings.tls
         self._credentials: grpc.ServerCredentials | None = None
@@ -58,7 +68,10 @@ class NNServeServer:
         self.state = ServerState()
         self.readiness = Readiness(self.state, self.registry)
         limits = Limits(settings.max_inflight_requests, settings.max_inflight_bytes)
-        self.plane = DataPlane(self.registry, self.metrics, self.state, limits)
+        self.plane = DataPlane(
+            self.registry, self.metrics, self.state, limits,
+            stage_metrics=settings.stage_metrics, tracing=self.tracing,
+        )  # fmt: skip
         self.health = HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -67,7 +80,10 @@ class NNServeServer:
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
 
-        interceptor = ErrorAndMetricsInterceptor(self.metrics, self.auth, settings.auth_health)
+        self.calls = CallCounter()
+        interceptor = ErrorAndMetricsInterceptor(
+            self.metrics, self.auth, settings.auth_health, self.tracing, self.calls
+        )
         self.server = grpc.aio.server(
             interceptors=[interceptor],
             options=server_options(settings),
@@ -157,16 +173,26 @@ class NNServeServer:
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        # Accepted requests (decode to encode, queued or running) finish before the port closes.
-        while (
-            self.registry.busy() or self.plane.inflight_requests
-        ) and time.monotonic() < deadline:
+        # Accepted requests (decode to encode, queued or running) finish before the port
+        # closes, and calls still arriving get UNAVAILABLE from us: gRPC cancels calls
+        # that reach it after shutdown begins but before the server took them, so wait
+        # until none has started for a moment (load balancers stop sending on NOT_SERVING).
+        quiet_since, seen = time.monotonic(), self.calls.started
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self.calls.started != seen:
+                quiet_since, seen = now, self.calls.started
+            busy = self.registry.busy() or self.plane.inflight_requests
+            if not busy and now - quiet_since >= QUIET_BEFORE_STOP_SECONDS:
+                break
             await asyncio.sleep(0.01)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self.threads.shutdown()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes spans still batched for the exporter
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
@@ -200,6 +226,19 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
     return options
 
 
-def build_server(settings: Settings, metrics: Metrics | None = None) -> NNServeServer:
-    """The production entry point, also used by tests (with grpc_port=0, metrics_port=0)."""
-    return NNServeServer(settings, metrics)
+def _tracing(settings: Settings, exporter: SpanExporter | None) -> Tracing | None:
+    """Tracing is on with an OTLP endpoint, or with an exporter handed in (tests)."""
+    name = f"nnserve-{settings.service}"
+    if exporter is not None:
+        return Tracing(name, exporter, batch=False)
+    if settings.otlp_endpoint:
+        return Tracing.otlp(name, settings.otlp_endpoint, settings.otlp_insecure)
+    return None
+
+
+def build_server(
+    settings: Settings, metrics: Metrics | None = None, span_exporter: SpanExporter | None = None
+) -> NNServeServer:
+    """The production entry point, also used by tests (with grpc_port=0, metrics_port=0;
+    an in-memory span exporter turns tracing on)."""
+    return NNServeServer(settings, metrics, span_exporter)

@@ -123,6 +123,21 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop the gRPC server runs on; uvloop is the faster libuv implementation."""
+
+    log_format: Literal["text", "json"] = "text"
+    """json: one JSON object per line with the request id and trace id of the call."""
+
+    otlp_endpoint: str | None = None
+    """OpenTelemetry traces to this OTLP/gRPC collector (e.g. 127.0.0.1:4317); off when unset."""
+
+    otlp_insecure: bool = True
+    """Plaintext OTLP (a collector on the same host or network); false uses TLS."""
+
+    stage_metrics: bool = True
+    """Per-request stage histograms (nnserve_request_stage_seconds): decode to encode."""
+
     # ---- security (docs/operations.md "Security"): TLS, mutual TLS, bearer tokens
     tls_cert: Path | None = None
     """PEM server certificate (chain); with tls_key turns TLS on. Re-read when it changes."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from services.server import NNServeServer, build_server
 from services.settings import Settings
@@ -53,13 +54,15 @@ def make_settings(repository: Path, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def running_server(settings: Settings, wait_for_models: bool = True) -> Iterator[RunningServer]:
+def running_server(
+    settings: Settings, wait_for_models: bool = True, span_exporter: SpanExporter | None = None
+) -> Iterator[RunningServer]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="nnserve-test-loop", daemon=True)
     thread.start()
 
     async def create() -> NNServeServer:
-        server = build_server(settings)
+        server = build_server(settings, span_exporter=span_exporter)
         await server.start(wait_for_models=wait_for_models)
         return server
 

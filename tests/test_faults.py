@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
@@ -33,7 +34,10 @@ class Outcome:
     details: str
 
 
-def test_sigterm_under_load_completes_accepted_work(model_repository: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_sigterm_under_load_completes_accepted_work(
+    model_repository: Path, tmp_path: Path, event_loop: str
+) -> None:
     """32 clients loop until their first failure; SIGTERM arrives mid-load. Every request
     the server had accepted completes OK, later ones get UNAVAILABLE, none hangs or ends
     CANCELLED, and the process exits 0 within the grace period."""
@@ -43,6 +47,7 @@ def test_sigterm_under_load_completes_accepted_work(model_repository: Path, tmp_
     with server_process(
         model_repository, tmp_path, "--service", "sequence", "--models", '["transformer"]',
         "--drain-grace-seconds", str(GRACE_SECONDS), "--inference-threads", "1",
+        "--event-loop", event_loop,
     ) as server:  # fmt: skip
 
         def client() -> None:
@@ -77,7 +82,7 @@ def test_sigterm_under_load_completes_accepted_work(model_repository: Path, tmp_
         1 for o in outcomes if o.code is grpc.StatusCode.OK and o.ended > signalled
     )
     print(
-        f"\nSIGTERM under load: {len(outcomes)} requests, {dict(codes)}, "
+        f"\nSIGTERM under load ({event_loop}): {len(outcomes)} requests, {dict(codes)}, "
         f"{finished_after} completed OK after the signal, exit {exit_code} "
         f"{exited - signalled:.2f}s after the signal"
     )
