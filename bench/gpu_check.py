@@ -179,15 +179,14 @@ def check_providers(report: Report, services: dict[str, Any], expected: str) -> 
 
 
 def _infer(stub: Any, info: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from bench.workload import NUMPY_OF, v2_request
+    from bench.workload import v2_request
+    from contract.model import from_raw
     from protos import grpc_service_pb2 as pb
 
     raw = v2_request(info, feeds)
     response = pb.ModelInferResponse.FromString(stub(raw, timeout=30))
     return {
-        o.name: np.frombuffer(data, dtype=np.dtype(NUMPY_OF[o.datatype]).newbyteorder("<")).reshape(
-            tuple(o.shape)
-        )
+        o.name: from_raw(data, o.datatype, o.shape)
         for o, data in zip(response.outputs, response.raw_output_contents, strict=True)
     }
 
@@ -205,13 +204,10 @@ def check_outputs(
 
     from bench.floor import feeds_for
     from bench.workload import V2_INFER
+    from contract.model import worst as contract_worst
 
     for name, info in infos.items():
-        goldens = info.doc.get("goldens", {})
-        atol, rtol = (
-            float(goldens.get("atol", 1e-4)) * scale,
-            float(goldens.get("rtol", 1e-3)) * scale,
-        )
+        atol, rtol = info.spec.atol * scale, info.spec.rtol * scale
         session = cpu_sessions[name]
         worst = 0.0
         bad: list[str] = []
@@ -230,9 +226,9 @@ def check_outputs(
                     if got.shape != ref.shape:
                         bad.append(f"{label} {out} shape {got.shape} != {ref.shape}")
                         continue
-                    excess = np.abs(got - ref) - (atol + rtol * np.abs(ref))
+                    excess, _, _ = contract_worst(got, ref, atol, rtol)
                     worst = max(worst, float(np.abs(got - ref).max(initial=0.0)))
-                    if (excess > 0).any():
+                    if excess > 0:
                         bad.append(f"{label} {out} off by {float(np.abs(got - ref).max()):.3g}")
         report.check(
             f"{name} outputs match in-process CPU",

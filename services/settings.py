@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.repository import ServingDefaults
+from contract.model import ServingDefaults
 
 
 class DevicePolicy(StrEnum):

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from contract.model import NUMPY_TO_V2, from_raw
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-from services.repository import NUMPY_TO_V2
 from tests.conftest import ALL_MODELS, golden_inputs, model_json, reference_outputs
 from tests.server_harness import RunningServer
 
@@ -46,10 +46,8 @@ def full_length_request(repository: Path, name: str, rows: int) -> pb.ModelInfer
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    from services.repository import V2_TO_NUMPY
-
     return {
-        out.name: np.frombuffer(raw, dtype=V2_TO_NUMPY[out.datatype]).reshape(out.shape)
+        out.name: from_raw(raw, out.datatype, out.shape)
         for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
 

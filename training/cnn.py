@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import goldens, signatures
 from training.config import TrainConfig
 from training.data.digits import DigitsData, load_digits_data
 from training.recipe import Batch, Dataset, LossFn, Recipe
@@ -120,4 +121,6 @@ RECIPE = Recipe(
     monitor="loss",
     monitor_mode="min",
     quality_bar=("accuracy", 0.97),
+    signature=signatures.image,
+    golden_cases=goldens.image,
 )

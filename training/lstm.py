@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training import goldens, signatures
 from training.recipe import Recipe
 from training.sequence import (
     SequenceConfig,
@@ -99,4 +100,6 @@ RECIPE = Recipe(
     evaluate=sequence_evaluate,
     monitor="f1",
     quality_bar=("f1", 0.95),
+    signature=signatures.token_sequence,
+    golden_cases=goldens.token_sequence,
 )

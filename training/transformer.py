@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import goldens, signatures
 from training.recipe import Recipe
 from training.sequence import (
     SequenceConfig,
@@ -195,4 +196,6 @@ RECIPE = Recipe(
     evaluate=sequence_evaluate,
     monitor="f1",
     quality_bar=("f1", 0.95),
+    signature=signatures.token_sequence,
+    golden_cases=goldens.token_sequence,
 )
