@@ -219,6 +219,50 @@ def _description(pb: nnserve_pb2.DescribeModelResponse) -> ModelDescription:
     )
 
 
+def _classify_result(response: nnserve_pb2.ClassifyResponse) -> ClassifyResult:
+    return ClassifyResult(
+        model=response.model_name,
+        version=response.model_version,
+        labels=tuple(response.labels),
+        results=tuple(_classification(r) for r in response.results),
+    )
+
+
+def _sequence_request(
+    model: str,
+    sequences: Sequence[Sequence[str] | Sequence[int] | np.ndarray],
+    per_position: bool,
+    version: str,
+) -> tuple[nnserve_pb2.SequenceRequest, list[tuple]]:
+    """The request and each sequence's steps as sent (kept for the result)."""
+    encoded = [_sequence_input(s) for s in sequences]
+    request = nnserve_pb2.SequenceRequest(
+        model_name=model,
+        model_version=version,
+        sequences=[pb for pb, _ in encoded],
+        per_position=per_position,
+    )
+    return request, [steps for _, steps in encoded]
+
+
+def _sequence_result(response: nnserve_pb2.SequenceResponse, steps: list[tuple]) -> SequenceResult:
+    if len(response.results) != len(steps):
+        raise NNServeError(
+            grpc.StatusCode.INTERNAL,
+            f"server returned {len(response.results)} results for {len(steps)} sequences",
+        )
+    return SequenceResult(
+        model=response.model_name,
+        version=response.model_version,
+        labels=tuple(response.labels),
+        results=tuple(_sequence_scores(r, s) for r, s in zip(response.results, steps, strict=True)),
+    )
+
+
+def _serving_status(response: health_pb2.HealthCheckResponse) -> ServingStatus:
+    return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
 # ---------------------------------------------------------------- client
 
 
@@ -287,13 +331,7 @@ class NNServeClient:
         return self._classify(request)
 
     def _classify(self, request: nnserve_pb2.ClassifyRequest) -> ClassifyResult:
-        response: nnserve_pb2.ClassifyResponse = self._call(self._predictor.Classify, request)
-        return ClassifyResult(
-            model=response.model_name,
-            version=response.model_version,
-            labels=tuple(response.labels),
-            results=tuple(_classification(r) for r in response.results),
-        )
+        return _classify_result(self._call(self._predictor.Classify, request))
 
     def score_sequences(
         self,
@@ -305,28 +343,8 @@ class NNServeClient:
     ) -> SequenceResult:
         """Score variable-length sequences of event names, token ids, or numeric
         (length, features) float arrays."""
-        encoded = [_sequence_input(s) for s in sequences]
-        request = nnserve_pb2.SequenceRequest(
-            model_name=model,
-            model_version=version,
-            sequences=[pb for pb, _ in encoded],
-            per_position=per_position,
-        )
-        response: nnserve_pb2.SequenceResponse = self._call(self._predictor.Sequence, request)
-        if len(response.results) != len(encoded):
-            raise NNServeError(
-                grpc.StatusCode.INTERNAL,
-                f"server returned {len(response.results)} results for {len(encoded)} sequences",
-            )
-        return SequenceResult(
-            model=response.model_name,
-            version=response.model_version,
-            labels=tuple(response.labels),
-            results=tuple(
-                _sequence_scores(r, steps)
-                for r, (_, steps) in zip(response.results, encoded, strict=True)
-            ),
-        )
+        request, steps = _sequence_request(model, sequences, per_position, version)
+        return _sequence_result(self._call(self._predictor.Sequence, request), steps)
 
     def describe(self, model: str, *, version: str = "") -> ModelDescription:
         request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
@@ -346,4 +364,4 @@ class NNServeClient:
             if err.code == grpc.StatusCode.NOT_FOUND:
                 return ServingStatus.SERVICE_UNKNOWN
             raise
-        return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return _serving_status(response)
