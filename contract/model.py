@@ -163,8 +163,25 @@ class ModelSpec:
         raise KeyError(name)
 
 
+def scan(root: Path) -> dict[str, list[int]]:
+    """Model name -> sorted versions present (folders with an integer name and a model.json)."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        versions = sorted(
+            int(v.name)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / "model.json").is_file()
+        )
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
 def versions(model_dir: Path) -> list[int]:
-    """Version folders of one model (positive integer names), ascending; any contents."""
+    """Version folders of one model, with or without a model.json (export never reuses
+    a number); the same folder-name rule as scan."""
     if not model_dir.is_dir():
         return []
     return sorted(
@@ -172,20 +189,6 @@ def versions(model_dir: Path) -> list[int]:
         for v in model_dir.iterdir()
         if v.is_dir() and v.name.isdigit() and int(v.name) > 0
     )
-
-
-def scan(root: Path) -> dict[str, list[int]]:
-    """Model name -> sorted versions present (folders with an integer name and a model.json)."""
-    found: dict[str, list[int]] = {}
-    if not root.is_dir():
-        return found
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        published = [
-            v for v in versions(model_dir) if (model_dir / str(v) / "model.json").is_file()
-        ]
-        if published:
-            found[model_dir.name] = published
-    return found
 
 
 def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
