@@ -120,7 +120,7 @@ def encode_infer_response(
         out.name = name
         out.datatype = NUMPY_TO_V2[value.dtype]
         out.shape.extend(value.shape)
-        raw.append(value.tobytes())  # C order; a copy only for cut (non-contiguous) views
+        raw.append(value.tobytes())  # one copy into the response, C order
     return response
 
 

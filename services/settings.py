@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
 
+    ports_file: Path | None = None
+    """Write {"grpc_port", "metrics_port", "pid"} as JSON here once the ports are bound
+    (useful with port 0); replaced atomically, so a reader never sees half a file."""
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
