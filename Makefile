@@ -1,6 +1,6 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
-#   make test   the whole test suite
+#   make test   lint, typecheck and the whole test suite (with the tools it needs)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -44,7 +44,8 @@ run: models            ## both services on 50051/50052 (metrics 9091/9092) until
 	$(PY) -m services --service sequence --repository $(REPOSITORY) & s=$$!; \
 	wait
 
-test: venv             ## the whole test suite
+test: venv lint typecheck  ## lint, typecheck, then every test (tests/tools.sh: Debian's prometheus)
+	bash tests/tools.sh
 	$(PY) -m pytest -q
 
 lint: venv

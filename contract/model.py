@@ -156,12 +156,6 @@ class ModelSpec:
                 return spec
         raise KeyError(name)
 
-    def output(self, name: str) -> TensorSpec:
-        for spec in self.outputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 def scan(root: Path) -> dict[str, list[int]]:
     """Model name -> sorted versions present (folders with an integer name and a model.json)."""

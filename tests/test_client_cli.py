@@ -405,7 +405,8 @@ def test_read_image_formats(tmp_path: Path) -> None:
 
 
 def test_png_decoder_matches_pillow(tmp_path: Path) -> None:
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module
+
     rng = np.random.default_rng(1)
     for i, mode in enumerate(("L", "RGB", "RGBA", "LA")):
         shape = (13, 11) if mode == "L" else (13, 11, len(mode))
@@ -520,7 +521,6 @@ def test_cli_digit_image_files(address: str, tmp_path: Path, fmt: str) -> None:
 
 
 def test_cli_digit_sample(address: str) -> None:
-    pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
 
     digits = load_digits()

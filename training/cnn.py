@@ -32,9 +32,6 @@ class CNNConfig(TrainConfig):
 class CNN(nn.Module):
     """FP32 (B, 1, 8, 8) pixels in 0..pixel_max -> 10 digit classes."""
 
-    input_names = ("image",)
-    output_names = ("probabilities", "logits")
-
     def __init__(self, config: CNNConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         image = metadata["image"]

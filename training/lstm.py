@@ -39,9 +39,6 @@ class LSTMConfig(SequenceConfig):
 
 
 class LSTMDetector(nn.Module):
-    input_names = ("tokens", "lengths")
-    output_names = ("sequence_probabilities", "position_scores")
-
     def __init__(self, config: LSTMConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.vocab_size, pad_id, self.unknown_id = vocabulary_info(metadata)

@@ -33,9 +33,6 @@ class MLPConfig(TrainConfig):
 
 
 class MLP(nn.Module):
-    input_names = ("features",)
-    output_names = ("probabilities", "logits")
-
     def __init__(self, config: MLPConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         if len(config.hidden) < 2:

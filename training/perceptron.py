@@ -37,9 +37,6 @@ class PerceptronConfig(TrainConfig):
 class Perceptron(nn.Module):
     """score = w . standardize(x) + b; decision = step(score)."""
 
-    input_names = ("features",)
-    output_names = ("probabilities", "margin")
-
     def __init__(self, config: PerceptronConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.standardize = Standardize(metadata["features"])

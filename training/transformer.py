@@ -113,9 +113,6 @@ def attention_bias(
 
 
 class TransformerDetector(nn.Module):
-    input_names = ("tokens", "lengths")
-    output_names = ("sequence_probabilities", "position_scores")
-
     def __init__(self, config: TransformerConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.vocab_size, pad_id, self.unknown_id = vocabulary_info(metadata)
