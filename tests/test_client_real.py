@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -23,6 +21,7 @@ from services.client import NNServeClient, NNServeError, ServingStatus
 from services.client.aio import AsyncNNServeClient
 from tests.conftest import golden_inputs, reference_outputs
 from tests.server_harness import RunningServer
+from tests.test_client_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,16 +224,6 @@ async def test_async_client_unreachable_server_is_unavailable() -> None:
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.client", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
 
 
 def test_cli_against_the_classify_service(

@@ -219,6 +219,29 @@ def _description(pb: nnserve_pb2.DescribeModelResponse) -> ModelDescription:
     )
 
 
+def _tabular_request(
+    model: str, rows: Sequence[Mapping[str, float]] | np.ndarray, top_k: int, version: str
+) -> nnserve_pb2.ClassifyRequest:
+    return nnserve_pb2.ClassifyRequest(
+        model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
+    )
+
+
+def _images_request(
+    model: str, images: np.ndarray, top_k: int, version: str
+) -> nnserve_pb2.ClassifyRequest:
+    return nnserve_pb2.ClassifyRequest(
+        model_name=model, model_version=version, images=_images(images), top_k=top_k
+    )
+
+
+def _unknown_service(err: NNServeError) -> ServingStatus:
+    """Health Check answers NOT_FOUND for a service it does not know; anything else raises."""
+    if err.code == grpc.StatusCode.NOT_FOUND:
+        return ServingStatus.SERVICE_UNKNOWN
+    raise err
+
+
 def _classify_result(response: nnserve_pb2.ClassifyResponse) -> ClassifyResult:
     return ClassifyResult(
         model=response.model_name,
@@ -315,20 +338,14 @@ class NNServeClient:
     ) -> ClassifyResult:
         """Classify tabular rows: feature-name -> value mappings (every feature, any
         order) or a (rows, features) array in the model's feature order."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
-        )
-        return self._classify(request)
+        return self._classify(_tabular_request(model, rows, top_k, version))
 
     def classify_images(
         self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
     ) -> ClassifyResult:
         """Classify images: (H, W) one image, (N, H, W) or (N, C, H, W) a batch. uint8
         means 0..255 pixels; float means pixels already in the model's range."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, images=_images(images), top_k=top_k
-        )
-        return self._classify(request)
+        return self._classify(_images_request(model, images, top_k, version))
 
     def _classify(self, request: nnserve_pb2.ClassifyRequest) -> ClassifyResult:
         return _classify_result(self._call(self._predictor.Classify, request))
@@ -361,7 +378,5 @@ class NNServeClient:
                 self._health.Check, health_pb2.HealthCheckRequest(service=service)
             )
         except NNServeError as err:
-            if err.code == grpc.StatusCode.NOT_FOUND:
-                return ServingStatus.SERVICE_UNKNOWN
-            raise
+            return _unknown_service(err)
         return _serving_status(response)

@@ -29,11 +29,12 @@ from services.client import (
     ServingStatus,
     _classify_result,
     _description,
-    _images,
+    _images_request,
     _sequence_request,
     _sequence_result,
     _serving_status,
-    _tabular_rows,
+    _tabular_request,
+    _unknown_service,
 )
 
 __all__ = ["AsyncNNServeClient"]
@@ -86,18 +87,14 @@ class AsyncNNServeClient:
         version: str = "",
     ) -> ClassifyResult:
         """See :meth:`services.client.NNServeClient.classify_tabular`."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
-        )
+        request = _tabular_request(model, rows, top_k, version)
         return _classify_result(await self._call(self._predictor.Classify, request))
 
     async def classify_images(
         self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
     ) -> ClassifyResult:
         """See :meth:`services.client.NNServeClient.classify_images`."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, images=_images(images), top_k=top_k
-        )
+        request = _images_request(model, images, top_k, version)
         return _classify_result(await self._call(self._predictor.Classify, request))
 
     async def score_sequences(
@@ -123,7 +120,5 @@ class AsyncNNServeClient:
                 self._health.Check, health_pb2.HealthCheckRequest(service=service)
             )
         except NNServeError as err:
-            if err.code == grpc.StatusCode.NOT_FOUND:
-                return ServingStatus.SERVICE_UNKNOWN
-            raise
+            return _unknown_service(err)
         return _serving_status(response)
