@@ -1,22 +1,45 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
 #   make test   lint, typecheck and the whole test suite (with the tools it needs)
+# ORT=auto (default) installs onnxruntime-gpu where `nvidia-smi -L` lists a GPU, else the
+# CPU onnxruntime; ORT=gpu or ORT=cpu forces one (bench/ort_build.sh decides).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 REPOSITORY ?= model_repository
+ORT ?= auto
+ORT_BUILD := $(shell sh bench/ort_build.sh '$(ORT)')
+ifeq ($(filter cpu gpu,$(ORT_BUILD)),)
+$(error ORT must be auto, gpu or cpu (got '$(ORT)'))
+endif
+# The GPU build comes with the CUDA runtime and cuDNN wheels (extra `cuda`), so that the
+# NVIDIA driver is meant to be all the machine needs. Both builds install into site-packages/onnxruntime, so an
+# environment holds exactly one: when the other is there, both are removed and ours is
+# installed whole. The stamp names the build, so changing ORT reinstalls.
+ifeq ($(ORT_BUILD),gpu)
+ORT_EXTRAS := gpu,cuda
+ORT_PACKAGE := onnxruntime-gpu
+ORT_OTHER := onnxruntime
+else
+ORT_EXTRAS := cpu
+ORT_PACKAGE := onnxruntime
+ORT_OTHER := onnxruntime-gpu
+endif
+STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick soak perf-analyzer gpu-check clean
+        protos bench bench-quick soak perf-analyzer gpu-check fuzz clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,train,dev]'
+	if $(PY) -m pip show --quiet $(ORT_OTHER) >/dev/null 2>&1; then \
+	  $(PY) -m pip uninstall --quiet --yes $(ORT_OTHER) $(ORT_PACKAGE); fi
+	$(PY) -m pip install --quiet -e '.[$(ORT_EXTRAS),train,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
+	@echo "ONNX Runtime build: $(ORT_BUILD) ($(ORT_PACKAGE), ORT=$(ORT))"
 
 train: venv            ## train all five models into runs/
 	$(PY) -m training --model all
@@ -48,6 +71,9 @@ test: venv lint typecheck  ## lint, typecheck, then every test (tests/tools.sh: 
 	bash tests/tools.sh
 	$(PY) -m pytest -q
 
+fuzz: venv             ## a long hypothesis run against real servers (FUZZ_EXAMPLES per test)
+	NNSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -s tests/test_fuzz.py
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -70,7 +96,12 @@ soak: models           ## 10 minutes of load on the mlp: resident memory growth
 perf-analyzer: models  ## the benchmark plus Triton's perf_analyzer on the same points
 	$(PY) -m bench --repository $(REPOSITORY) --perf-analyzer
 
-gpu-check: models      ## on a machine with an NVIDIA GPU and onnxruntime-gpu
+gpu-check:             ## on a machine with an NVIDIA GPU: CUDA, goldens, parity, placement, throughput
+	@test "$(ORT_BUILD)" = gpu || { echo "make gpu-check needs an NVIDIA GPU, and" \
+	  "'nvidia-smi -L' lists none here (ORT=gpu forces the GPU build)" >&2; exit 1; }
+	$(MAKE) --no-print-directory venv
+	$(PY) -m bench.gpu_check --preflight
+	$(MAKE) --no-print-directory models
 	timeout 900 $(PY) -m bench.gpu_check --repository $(REPOSITORY)
 
 clean:

@@ -93,6 +93,12 @@ def _reserve_port(host: str) -> socket.socket:
     return sock
 
 
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def start_service(
     name: str,
     repository: Path,
@@ -109,8 +115,8 @@ def start_service(
     models = list(models if models is not None else SERVICE_MODELS[name])
     reserved = _reserve_port(host) if workers > 1 else None
     grpc_port = reserved.getsockname()[1] if reserved else 0
-    # Several workers: only the parent serves metrics and needs a fixed port; skip them.
-    metrics_port = 0 if metrics and workers == 1 else -1
+    # Several workers: only the parent serves metrics, on a fixed port (one free just now).
+    metrics_port = (0 if workers == 1 else _free_port(host)) if metrics else -1
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     ports_path = log_dir / f"{name}.ports.json"

@@ -84,6 +84,15 @@ class BatchStats:
             totals.output_ns += int(splitting * 1e9)
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What an inference thread hands back: the requests that ran and their outputs."""
+
+    ran: list[_Pending]
+    results: list[Tensors]
+    phases: tuple[float, float, float] | None  # merge, run, split seconds; None: nothing ran
+
+
 class BatchFailed(ServingError):
     """The batch's ONNX Runtime run failed: a server fault, reported as INTERNAL."""
 
@@ -243,12 +252,16 @@ class Batcher:
             self._run, batch, loop, lambda outcome, error: self._finish(batch, outcome, error)
         )
 
-    def _run(self, batch: list[_Pending]) -> tuple[list[Tensors], tuple[float, float, float]]:
-        """Inference thread: merge, run, split."""
-        rows = [p.rows for p in batch]
-        lengths = [p.length for p in batch]
+    def _run(self, batch: list[_Pending]) -> _Outcome:
+        """Inference thread: drop what expired while waiting for a thread, merge, run, split."""
+        now = time.monotonic()
+        live = [p for p in batch if p.due > now and not p.future.done()]
+        if not live:
+            return _Outcome(live, [], None)
+        rows = [p.rows for p in live]
+        lengths = [p.length for p in live]
         begin = time.perf_counter()
-        feeds = self._layout.merge([p.inputs for p in batch], lengths)
+        feeds = self._layout.merge([p.inputs for p in live], lengths)
         total = sum(rows)
         start = time.perf_counter()
         outputs = self._runner.run(feeds)
@@ -259,13 +272,10 @@ class Batcher:
         split_start = time.perf_counter()
         results = self._layout.split(named, rows, lengths)
         phases = (start - begin, elapsed, time.perf_counter() - split_start)
-        return results, phases
+        return _Outcome(live, results, phases)
 
     def _finish(
-        self,
-        batch: list[_Pending],
-        outcome: tuple[list[Tensors], tuple[float, float, float]] | None,
-        error: BaseException | None,
+        self, batch: list[_Pending], outcome: _Outcome | None, error: BaseException | None
     ) -> None:
         self._running -= 1
         if error is not None:
@@ -279,11 +289,17 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(failure)
         elif outcome is not None:
-            results, (merging, running, splitting) = outcome
-            self.stats.record(sum(p.rows for p in batch), merging, running, splitting)
-            for p, result in zip(batch, results, strict=True):
+            if outcome.phases is not None:
+                total = sum(p.rows for p in outcome.ran)
+                self.stats.record(total, *outcome.phases)
+            for p, result in zip(outcome.ran, outcome.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+            for p in batch:  # expired while waiting for an inference thread
+                if not p.future.done():
+                    p.future.set_exception(
+                        DeadlineExpired("deadline passed while queued; the request was not run")
+                    )
         self._dispatch()
 
     def close(self) -> None:

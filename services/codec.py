@@ -17,7 +17,7 @@ from contract.model import NUMPY_TO_V2, ModelSpec
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos import nnserve_pb2 as npb
-from services.errors import InvalidInput
+from services.errors import InvalidInput, shown
 from services.settings import ServingConfig
 from services.validation import check_shape
 
@@ -42,8 +42,12 @@ CONTENTS_FIELD = {
 # ---------------------------------------------------------------------- KServe v2
 
 
-def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> Tensors:
-    """ModelInferRequest inputs -> named arrays of the model's dtypes and declared ranks."""
+def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec, max_rows: int) -> Tensors:
+    """ModelInferRequest inputs -> named arrays of the model's dtypes and declared ranks.
+
+    Shapes and sizes are checked before any array is built, so a request's memory is
+    bounded by max_rows and the message size.
+    """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -56,20 +60,25 @@ def decode_infer_inputs(request: pb.ModelInferRequest, spec: ModelSpec) -> Tenso
             tspec = spec.input(name)
         except KeyError:
             raise InvalidInput(
-                f"model {spec.name!r} has no input {name!r}; inputs: "
+                f"model {spec.name!r} has no input {shown(name)}; inputs: "
                 f"{[t.name for t in spec.inputs]}"
             ) from None
         if name in tensors:
-            raise InvalidInput(f"input {name!r} is given twice")
+            raise InvalidInput(f"input {shown(name)} is given twice")
         if tensor.datatype != tspec.datatype:
             raise InvalidInput(
-                f"input {name!r} has datatype {tensor.datatype or '(empty)'}; "
+                f"input {name!r} has datatype {shown(tensor.datatype)}; "
                 f"model expects {tspec.datatype}"
             )
         shape = tuple(tensor.shape)
         if len(tspec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
             shape = shape[:1]  # [B, 1] for a [B] input (Triton reshape)
         check_shape(tspec, shape)
+        if shape[0] > max_rows:
+            raise InvalidInput(
+                f"input {name!r} has {shape[0]} rows; model {spec.name!r} takes at most "
+                f"{max_rows} per request (max_batch_size)"
+            )
         count = math.prod(shape)
         dtype = tspec.dtype
         if raw:
@@ -102,7 +111,7 @@ def requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> list[st
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidInput(
-            f"model {spec.name!r} has no outputs {unknown}; outputs: {sorted(known)}"
+            f"model {spec.name!r} has no output {shown(unknown[0])}; outputs: {sorted(known)}"
         )
     return names
 
@@ -141,6 +150,7 @@ def model_config(
     serving: ServingConfig,
     provider: str,
     placement: dict[str, dict[int, float]] | None = None,
+    fallback_reason: str = "",
 ) -> mc.ModelConfig:
     """Triton-style config: dims exclude the batch axis since every model batches."""
     config = mc.ModelConfig(
@@ -171,6 +181,8 @@ def model_config(
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
     config.parameters["device_policy"].string_value = serving.device_policy.value
+    if fallback_reason:  # the policy allowed CUDA, but the model runs on the CPU
+        config.parameters["execution_provider_fallback"].string_value = fallback_reason
     for name, timings in (placement or {}).items():
         config.parameters[f"placement_{name}"].string_value = ", ".join(
             f"batch {rows}: {seconds * 1e3:.3f} ms" for rows, seconds in sorted(timings.items())
@@ -232,7 +244,9 @@ def _tabular(rows: Sequence[npb.TabularRow], model: DomainModel) -> np.ndarray:
                 raise InvalidInput(f"row {r}: give features by name or by position, not both")
             unknown = sorted(set(row.named) - set(index))
             if unknown:
-                raise InvalidInput(f"row {r}: unknown features {unknown}; known: {list(index)}")
+                raise InvalidInput(
+                    f"row {r}: unknown feature {shown(unknown[0])}; known: {list(index)}"
+                )
             missing = [n for n in index if n not in row.named]
             if missing:
                 raise InvalidInput(f"row {r}: missing features {missing}")
@@ -259,7 +273,7 @@ def _images(images: Sequence[npb.Image], model: DomainModel) -> np.ndarray:
         shape = tuple(image.shape)
         if shape not in ((height, width), (channels, height, width)):
             raise InvalidInput(
-                f"image {i} has shape {list(shape)}; model expects [{height}, {width}] "
+                f"image {i} has shape {shown(list(shape))}; model expects [{height}, {width}] "
                 f"or [{channels}, {height}, {width}]"
             )
         count = channels * height * width
@@ -320,7 +334,7 @@ def decode_sequence(request: npb.SequenceRequest, model: DomainModel) -> Tensors
             unknown = [t for t in item.tokens.tokens if t not in index]
             if unknown:
                 raise InvalidInput(
-                    f"sequence {i}: unknown tokens {sorted(set(unknown))[:10]}; "
+                    f"sequence {i}: unknown token {shown(unknown[0])}; "
                     "DescribeModel lists the vocabulary"
                 )
             ids = np.fromiter((index[t] for t in item.tokens.tokens), dtype=np.int64)

@@ -6,6 +6,9 @@
   calls and streams alike, and ends a stream instead of leaving it open.
 - Each call gets a request id (the client's `x-request-id` metadata, bounded, or a new
   one), sent back as trailing metadata and named in the log line of every failed call.
+- With an Authenticator (NNSERVE_TOKENS_FILE), each call's bearer token is checked
+  against the role its method needs (services.auth.METHOD_ROLES) inside the accounting,
+  so UNAUTHENTICATED / PERMISSION_DENIED are counted and logged like any other status.
 - Wrapped handlers are built once per registered method and cached; paths that name no
   method are not cached, so unknown paths cannot grow memory.
 """
@@ -24,6 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
+from services.auth import Authenticator, Role, required_role
 from services.errors import InvalidInput, status_of
 from services.metrics import Metrics
 
@@ -87,9 +91,26 @@ class _MethodMetrics:
         return child
 
 
+class _Guard:
+    """The token check of one method (its required role bound once)."""
+
+    __slots__ = ("_auth", "_role")
+
+    def __init__(self, auth: Authenticator, role: Role) -> None:
+        self._auth = auth
+        self._role = role
+
+    def check(self, context: grpc.aio.ServicerContext) -> None:
+        self._auth.check(context.invocation_metadata(), self._role)
+
+
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, auth: Authenticator | None = None, auth_health: bool = False
+    ) -> None:
         self._metrics = metrics
+        self._auth = auth
+        self._auth_health = auth_health
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -110,27 +131,40 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, _, name = full_method.lstrip("/").rpartition("/")
         parse = _tolerant(handler.request_deserializer)
+        guard = None
+        if self._auth is not None:
+            role = required_role(full_method, self._auth_health)
+            guard = _Guard(self._auth, role) if role is not None else None
         if handler.unary_unary:
             m = _MethodMetrics(self._metrics, "unary", service, name)
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, m),
+                _unary(handler.unary_unary, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
             m = _MethodMetrics(self._metrics, "bidi_stream", service, name)
             return grpc.stream_stream_rpc_method_handler(
-                _bidi(handler.stream_stream, m),
+                _bidi(handler.stream_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
             m = _MethodMetrics(self._metrics, "server_stream", service, name)
             return grpc.unary_stream_rpc_method_handler(
-                _server_stream(handler.unary_stream, m),
+                _server_stream(handler.unary_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream and guard is not None:  # health Watch under NNSERVE_AUTH_HEALTH
+            m = _MethodMetrics(self._metrics, "server_stream", service, name)
+            return grpc.unary_stream_rpc_method_handler(
+                _writing_stream(handler.unary_stream, m, guard),
+                request_deserializer=parse,
+                response_serializer=handler.response_serializer,
+            )
+        if guard is not None:  # fail closed: a method that needs a token is never unchecked
+            raise RuntimeError(f"{full_method}: this handler kind cannot be token-checked")
         return handler  # library handlers written with context.write (health Watch)
 
 
@@ -182,10 +216,12 @@ class _Accounted:
 
 
 def _unary(
-    inner: Callable[..., Awaitable[Any]], m: _MethodMetrics
+    inner: Callable[..., Awaitable[Any]], m: _MethodMetrics, guard: _Guard | None
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _Accounted(m, context):
+            if guard is not None:
+                guard.check(context)
             if request is UNDECODABLE:
                 raise _undecodable()
             return await inner(request, context)
@@ -194,14 +230,31 @@ def _unary(
 
 
 def _server_stream(
-    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
+    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics, guard: _Guard | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Accounted(m, context):
+            if guard is not None:
+                guard.check(context)
             if request is UNDECODABLE:
                 raise _undecodable()
             async for item in inner(request, context):
                 yield item
+
+    return handle
+
+
+def _writing_stream(
+    inner: Callable[..., Awaitable[None]], m: _MethodMetrics, guard: _Guard
+) -> Callable[..., Awaitable[None]]:
+    """A server stream written with context.write (health Watch), behind a token check."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async with _Accounted(m, context):
+            guard.check(context)
+            if request is UNDECODABLE:
+                raise _undecodable()
+            await inner(request, context)
 
     return handle
 
@@ -215,10 +268,12 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def _bidi(
-    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics
+    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics, guard: _Guard | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Accounted(m, context):
+            if guard is not None:
+                guard.check(context)
             async for item in inner(_checked(requests), context):
                 yield item
 

@@ -98,7 +98,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         model = described(self._readiness.describe(request.name, request.version))
         config = codec.model_config(
-            model.spec, model.config, model.provider, model.session.placement
+            model.spec, model.config, model.provider, model.session.placement, model.fallback_reason
         )
         return pb.ModelConfigResponse(config=config)
 
@@ -177,7 +177,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with self._plane.request(method, name, version, deadline) as scope:
             spec = scope.model.spec
             wanted = codec.requested_outputs(request, spec)
-            inputs = codec.decode_infer_inputs(request, spec)
+            inputs = codec.decode_infer_inputs(request, spec, scope.model.config.max_batch_size)
             outputs = await scope.infer(inputs)
             return codec.encode_infer_response(request, spec, outputs, wanted)
 

@@ -82,6 +82,12 @@ class Metrics:
             ["model", "version", "family", "task", "provider"], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self.provider_fallback = Gauge(
+            "nnserve_provider_fallback",
+            "1 when a model version whose policy allows CUDA runs on the CPU; reason label: "
+            "cuda_not_in_build, no_gpu or cuda_failed_to_load.",
+            ["model", "version", "reason"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.placement = Gauge(
             "nnserve_placement_seconds",
             "Median run time measured at load per provider and batch size (measure policy).",
@@ -99,6 +105,11 @@ class Metrics:
         self.grpc_handling = Histogram(
             "grpc_server_handling_seconds", "RPC latency until the handler finished.",
             ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
+        self.auth_failures = Counter(
+            "nnserve_auth_failures", "Calls refused by token authentication or authorisation.",
+            ["reason"], registry=r,
         )  # fmt: skip
 
     def for_model(self, model: str, version: int, providers: tuple[str, ...]) -> ModelMetrics:

@@ -72,6 +72,12 @@ class LoadedModel:
     def provider(self) -> str:
         return self.session.provider
 
+    @property
+    def fallback_reason(self) -> str:
+        """Why it runs on the CPU although its policy allows CUDA ("" when it does not)."""
+        reason = self.session.fallback_reason
+        return reason.value if reason is not None else ""
+
 
 @dataclass
 class ModelVersion:
@@ -143,8 +149,9 @@ class ModelRegistry:
             ready = [v for v in versions.values() if v.ready]
             return max(ready or versions.values(), key=lambda v: v.version)
         # str.isdigit accepts '²' and '①'; only ASCII digits name a version.
-        number = int(version) if version.isascii() and version.isdigit() else None
-        if number is None or number not in versions or len(version) > 18:
+        valid = len(version) <= 18 and version.isascii() and version.isdigit()
+        number = int(version) if valid else None
+        if number is None or number not in versions:
             raise ModelNotFound(
                 f"model {shown(name)} has no version {shown(version)}; "
                 f"versions: {', '.join(str(v) for v in sorted(versions))}"
@@ -251,6 +258,8 @@ class ModelRegistry:
         )
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
+        if session.fallback_reason is not None:
+            self._metrics.provider_fallback.labels(name, v, session.fallback_reason.value).set(1)
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)

@@ -1,12 +1,16 @@
-"""ONNX Runtime sessions: provider choice by policy, read-back of the provider in use,
-golden check and warm-up. Plain numpy in and out; no protobuf here."""
+"""ONNX Runtime sessions: provider choice by policy, read-back of the provider in use
+(and why a model that may fall back runs on the CPU), golden check and warm-up. Plain
+numpy in and out; no protobuf here."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +30,27 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 _dlls_preloaded = False
 
 
+class Fallback(StrEnum):
+    """Why a model whose policy allows the CPU runs there instead of on CUDA.
+
+    A bounded label (nnserve_provider_fallback) and ModelConfig parameter. Logged at
+    INFO for the CPU build on a machine without a GPU (nothing is lost: the build was
+    chosen for it), at WARNING in every other case (a GPU or the GPU build goes unused).
+    """
+
+    NOT_IN_BUILD = "cuda_not_in_build"  # this onnxruntime has no CUDA provider (CPU build)
+    NO_GPU = "no_gpu"  # the GPU build, but the CUDA driver reports no GPU
+    FAILED_TO_LOAD = "cuda_failed_to_load"  # GPU build and a GPU; the provider did not load
+
+
+_FALLBACK_TEXT = {
+    Fallback.NOT_IN_BUILD: "this ONNX Runtime build has no CUDA provider",
+    Fallback.NO_GPU: "the CUDA driver reports no GPU",
+    Fallback.FAILED_TO_LOAD: "the CUDA provider failed to load (ONNX Runtime's error above "
+    "names the missing library)",
+}
+
+
 def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
@@ -39,6 +64,42 @@ def _preload_cuda_libraries() -> None:
         except Exception as exc:  # a missing library shows up as CPU read back below
             log.warning("onnxruntime.preload_dlls failed: %s", exc)
         _dlls_preloaded = True
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs the NVIDIA driver reports (CUDA_VISIBLE_DEVICES applies); 0 without a driver.
+
+    Asked of the driver library itself (the one thing every CUDA stack has), only when a
+    model did not get CUDA, to say why.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def fallback_reason(policy: DevicePolicy, provider: str) -> Fallback | None:
+    """Why a session runs on `provider` rather than CUDA; None when that is no fallback."""
+    if policy is DevicePolicy.CPU_ONLY or provider == CUDA:
+        return None
+    if CUDA not in available_providers():
+        return Fallback.NOT_IN_BUILD
+    return Fallback.FAILED_TO_LOAD if cuda_device_count() > 0 else Fallback.NO_GPU
+
+
+def _report_fallback(spec: ModelSpec, policy: DevicePolicy, reason: Fallback) -> None:
+    quiet = reason is Fallback.NOT_IN_BUILD and cuda_device_count() == 0
+    hint = "" if quiet or reason is not Fallback.NOT_IN_BUILD else " (install onnxruntime-gpu)"
+    log.log(
+        logging.INFO if quiet else logging.WARNING,
+        "model %s/%d falls back to %s (policy %s): %s: %s%s",
+        spec.name, spec.version, CPU, policy.value, reason.value, _FALLBACK_TEXT[reason], hint,
+    )  # fmt: skip
 
 
 def requested_providers(policy: DevicePolicy) -> list[str | tuple[str, dict[str, str]]]:
@@ -62,6 +123,7 @@ class ModelSession:
     gpu_session: ort.InferenceSession | None = None
     gpu_from_batch: int = 0
     placement: dict[str, dict[int, float]] = field(default_factory=dict)  # provider -> rows -> s
+    fallback_reason: Fallback | None = None  # set when the policy allowed CUDA but it is unused
 
     def provider_for(self, rows: int) -> str:
         if self.gpu_session is not None and rows >= self.gpu_from_batch:
@@ -143,10 +205,18 @@ def open_session(
         _preload_cuda_libraries()
     session = _create(spec, providers, intra_op_threads)
     provider = session.get_providers()[0]
-    if policy is DevicePolicy.REQUIRE_GPU and provider != CUDA:
-        raise ModelLoadError(f"device policy require_gpu, but the session runs on {provider}")
+    reason = fallback_reason(policy, provider)
+    if policy is DevicePolicy.REQUIRE_GPU and reason is not None:
+        raise ModelLoadError(
+            f"device policy require_gpu, but the session runs on {provider} "
+            f"({reason.value}: {_FALLBACK_TEXT[reason]})"
+        )
     _check_signature(spec, session)
-    return ModelSession(session, provider, tuple(o.name for o in spec.outputs))
+    if reason is not None:
+        _report_fallback(spec, policy, reason)
+    model = ModelSession(session, provider, tuple(o.name for o in spec.outputs))
+    model.fallback_reason = reason
+    return model
 
 
 def _time_run(
@@ -171,6 +241,15 @@ def _measured(spec: ModelSpec, intra_op_threads: int, batch_sizes: tuple[int, ..
     model = ModelSession(cpu, CPU, outputs)
     if not spec.goldens:
         return model
+    gpu = None
+    if CUDA in available_providers():
+        _preload_cuda_libraries()
+        gpu = _create(spec, [(CUDA, CUDA_OPTIONS), CPU], intra_op_threads)
+    model.fallback_reason = fallback_reason(
+        DevicePolicy.MEASURE, gpu.get_providers()[0] if gpu is not None else CPU
+    )
+    if model.fallback_reason is not None:
+        _report_fallback(spec, DevicePolicy.MEASURE, model.fallback_reason)
     sample = spec.goldens[0].inputs
     sizes = sorted(set(batch_sizes))
 
@@ -178,13 +257,8 @@ def _measured(spec: ModelSpec, intra_op_threads: int, batch_sizes: tuple[int, ..
         return {k: np.repeat(v[:1], n, axis=0) for k, v in sample.items()}
 
     model.placement[CPU] = {n: _time_run(lambda f: cpu.run(outputs, f), feeds(n)) for n in sizes}
-    if CUDA not in available_providers():
-        return model
-    _preload_cuda_libraries()
-    gpu = _create(spec, [(CUDA, CUDA_OPTIONS), CPU], intra_op_threads)
-    if gpu.get_providers()[0] != CUDA:
-        log.warning("%s: CUDA provider did not load; measured placement stays on CPU", spec.name)
-        return model
+    if gpu is None or model.fallback_reason is not None:
+        return model  # measured placement stays on the CPU
     model.placement[CUDA] = {
         n: _time_run(lambda f: _run_bound(gpu, f, outputs), feeds(n)) for n in sizes
     }

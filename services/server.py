@@ -21,6 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
+from services.auth import Authenticator
 from services.dataplane import DataPlane, Limits
 from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
@@ -28,6 +29,7 @@ from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
 from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
+from services.security import CertificateReloader, server_credentials
 from services.settings import Settings
 from services.workers import InferenceThreads
 
@@ -43,6 +45,17 @@ class NNServeServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # Unusable TLS or tokens files stop the server here, before anything starts.
+        tls = settings.tls
+        self._credentials: grpc.ServerCredentials | None = None
+        self.certificates: CertificateReloader | None = None
+        if tls is not None:
+            self._credentials, self.certificates = server_credentials(tls)
+        self.auth = (
+            Authenticator(settings.tokens_file, self.metrics.auth_failures)
+            if settings.tokens_file is not None
+            else None
+        )
         self.threads = InferenceThreads(settings.inference_threads)
         self.registry = ModelRegistry(settings, self.metrics, self.threads)
         self.state = ServerState()
@@ -57,13 +70,11 @@ class NNServeServer:
         self._loader: asyncio.Task[None] | None = None
         self._stopped = False
 
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        ]
+        interceptor = ErrorAndMetricsInterceptor(self.metrics, self.auth, settings.auth_health)
         self.server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics)], options=options
+            interceptors=[interceptor],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.plane, self.registry, self.readiness), self.server
@@ -105,7 +116,11 @@ class NNServeServer:
     async def start(self, wait_for_models: bool = True) -> None:
         """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
         s = self.settings
-        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if self._credentials is None:  # Settings allow this only on loopback or when chosen
+            self.grpc_port = self.server.add_insecure_port(address)
+        else:
+            self.grpc_port = self.server.add_secure_port(address, self._credentials)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         if s.metrics_port is not None and s.metrics_port >= 0:
@@ -114,9 +129,12 @@ class NNServeServer:
             )
         self._update_overall()
         await self.server.start()
+        tls = s.tls
+        transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC on %s:%d, metrics on :%d",
-            s.service, s.host, self.grpc_port, self.metrics_port,
+            "%s service: gRPC (%s%s) on %s:%d, metrics on :%d",
+            s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
+            self.metrics_port,
         )  # fmt: skip
         if s.ports_file is not None:
             write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
@@ -144,7 +162,10 @@ class NNServeServer:
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        while self.registry.busy() and time.monotonic() < deadline:
+        # Accepted requests (decode to encode, queued or running) finish before the port closes.
+        while (
+            self.registry.busy() or self.plane.inflight_requests
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self._metrics_http is not None:
@@ -164,6 +185,33 @@ def write_ports_file(path: Path, grpc_port: int, metrics_port: int | None) -> No
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc) + "\n")
     os.replace(tmp, path)
+
+
+def server_options(s: Settings) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message size, connection hygiene (docs/operations.md)."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_seconds)),
+        # Clients may ping idle connections (tritonclient and Envoy do) but not flood.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_seconds)),
+    ]
+    if s.max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", s.max_concurrent_streams))
+    if s.keepalive_seconds > 0:
+        options.append(("grpc.keepalive_time_ms", ms(s.keepalive_seconds)))
+    if s.max_connection_idle_seconds > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(s.max_connection_idle_seconds)))
+    if s.max_connection_age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", ms(s.max_connection_age_seconds)))
+    return options
 
 
 def build_server(settings: Settings, metrics: Metrics | None = None) -> NNServeServer:

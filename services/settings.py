@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.model import ServingDefaults
+from services.security import TLSFiles, is_loopback
 
 
 class DevicePolicy(StrEnum):
@@ -85,6 +86,29 @@ class Settings(BaseSettings):
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
 
+    max_concurrent_streams: int = 0
+    """Concurrent calls per client connection (HTTP/2 streams; 0: gRPC's default, no limit).
+    Streams a client opens beyond it are refused (REFUSED_STREAM), so set it only with
+    clients that respect the limit; max_concurrent_rpcs bounds the total either way."""
+
+    max_concurrent_rpcs: int = 8192
+    """Calls running at once on the server, all connections; more get RESOURCE_EXHAUSTED."""
+
+    keepalive_seconds: float = 60.0
+    """Ping an idle connection this often to find dead peers (0 disables)."""
+
+    keepalive_timeout_seconds: float = 20.0
+    """Close a connection whose keepalive ping is not answered within this time."""
+
+    max_connection_idle_seconds: float = 0.0
+    """Close connections idle for this long (0: never)."""
+
+    max_connection_age_seconds: float = 0.0
+    """Ask clients to reconnect after this long (0: never); spreads load after scale-out."""
+
+    max_connection_age_grace_seconds: float = 30.0
+    """Time calls on an aged connection get to finish before it is closed."""
+
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
@@ -102,6 +126,50 @@ class Settings(BaseSettings):
     (useful with port 0); replaced atomically, so a reader never sees half a file."""
 
     log_level: str = "INFO"
+
+    # ---- security (docs/operations.md "Security"): TLS, mutual TLS, bearer tokens
+    tls_cert: Path | None = None
+    """PEM server certificate (chain); with tls_key turns TLS on. Re-read when it changes."""
+
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+
+    plaintext: bool = False
+    """Serve gRPC without TLS on a non-loopback host (e.g. behind a TLS-terminating proxy).
+    Loopback hosts (127.0.0.1, ::1, localhost) are plaintext unless TLS is configured."""
+
+    tokens_file: Path | None = None
+    """JSON file of hashed bearer tokens and their roles; set: every RPC needs a token."""
+
+    auth_health: bool = False
+    """With tokens_file: also require a token for grpc.health.v1 and reflection."""
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("NNSERVE_TLS_CERT and NNSERVE_TLS_KEY must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("NNSERVE_TLS_CLIENT_CA needs NNSERVE_TLS_CERT and NNSERVE_TLS_KEY")
+        if self.plaintext and self.tls_cert is not None:
+            raise ValueError("NNSERVE_PLAINTEXT=true contradicts NNSERVE_TLS_CERT: choose one")
+        if self.tls_cert is None and not self.plaintext and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing plaintext gRPC on non-loopback host {self.host!r}: set "
+                "NNSERVE_TLS_CERT and NNSERVE_TLS_KEY, or NNSERVE_PLAINTEXT=true to choose "
+                "plaintext explicitly (e.g. behind a TLS-terminating proxy)"
+            )
+        if self.auth_health and self.tokens_file is None:
+            raise ValueError("NNSERVE_AUTH_HEALTH=true needs NNSERVE_TOKENS_FILE")
+        return self
+
+    @property
+    def tls(self) -> TLSFiles | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @model_validator(mode="after")
     def _service_defaults(self) -> Settings:

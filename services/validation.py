@@ -18,7 +18,7 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     expected = spec.shape
     if len(shape) != len(expected):
         raise InvalidInput(
-            f"input {spec.name!r} has shape {list(shape)}; model expects rank {len(expected)} "
+            f"input {spec.name!r} has rank {len(shape)}; model expects rank {len(expected)} "
             f"{list(expected)} (-1 = any size)"
         )
     for axis, (got, want) in enumerate(zip(shape, expected, strict=True)):

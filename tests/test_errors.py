@@ -104,7 +104,7 @@ def test_nan_inf_and_empty_batch(servers: dict[str, RunningServer], model_reposi
     expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "NaN")
     row = npb.ClassifyRequest(model_name="mlp")
     row.rows.add(named={"no_such_feature": 1.0})
-    expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "unknown features")
+    expect_error(domain.Classify, row, Code.INVALID_ARGUMENT, "unknown feature")
 
 
 def test_sequence_errors(servers: dict[str, RunningServer], model_repository: Path) -> None:
@@ -119,7 +119,7 @@ def test_sequence_errors(servers: dict[str, RunningServer], model_repository: Pa
 
     unknown = npb.SequenceRequest(model_name="lstm")
     unknown.sequences.add(tokens=npb.TokenStrings(tokens=["definitely.not.an.event"]))
-    expect_error(domain.Sequence, unknown, Code.INVALID_ARGUMENT, "unknown tokens")
+    expect_error(domain.Sequence, unknown, Code.INVALID_ARGUMENT, "unknown token")
 
     out_of_range = npb.SequenceRequest(model_name="lstm")
     out_of_range.sequences.add(token_ids=npb.TokenIds(ids=[2, vocab + 5]))
@@ -261,3 +261,56 @@ def _metric_sum(server: RunningServer, metric: str, model: str) -> float:
         if line.startswith(metric) and f'model="{model}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_deadline_passing_in_queue_is_counted_as_deadline_exceeded(
+    scratch_repository: Path, model_repository: Path
+) -> None:
+    """The only inference thread is held by a job that waits on an event, so the request
+    stays queued past its deadline: the client sees DEADLINE_EXCEEDED, the request is
+    counted with that code and as a ModelStatistics failure, and it never runs."""
+    settings = make_settings(scratch_repository, service="classify", models=["mlp"],
+                             inference_threads=1)  # fmt: skip
+    with running_server(settings) as server:
+        stub = v2(server)
+        request = infer_request("mlp", golden_inputs(model_repository, "mlp"))
+        stub.ModelInfer(request, timeout=10)  # one success, for the counts below
+        rows_before = _metric_sum(server, "nnserve_batch_size_sum", "mlp")
+        gate, held = threading.Event(), threading.Event()
+
+        def hold(_: object) -> None:
+            held.set()
+            gate.wait(10)
+
+        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
+        assert held.wait(5)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=0.2)
+        assert err.value.code() == Code.DEADLINE_EXCEEDED
+        gate.set()
+        assert stub.ModelInfer(request, timeout=10).outputs  # serves again
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp")).model_stats[0]
+        assert stats.inference_stats.fail.count == 1
+        assert stats.inference_stats.success.count == 2
+        text = _metrics_text(server)
+        assert _counter(text, "mlp", "DEADLINE_EXCEEDED") == 1.0
+        # Only the two successful requests' rows were ever computed.
+        rows = request.inputs[0].shape[0]
+        assert _metric_sum(server, "nnserve_batch_size_sum", "mlp") - rows_before == rows
+
+
+def _metrics_text(server: RunningServer) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+
+
+def _counter(text: str, model: str, code: str) -> float:
+    for line in text.splitlines():
+        if (
+            line.startswith("nnserve_requests_total{")
+            and f'model="{model}"' in line
+            and f'code="{code}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -9,12 +9,19 @@
 Calls return frozen dataclasses, never protobuf messages. A failed RPC raises
 :class:`NNServeError` carrying the gRPC status code. Imports only grpc, the generated
 protos and numpy, so it is cheap enough for health checks.
+
+TLS, mutual TLS and tokens (docs/operations.md, "Security"):
+
+    NNServeClient("serving.example:50051", tls=True, ca="ca.pem",   # ca: omit for system roots
+                  cert="client.pem", key="client.key",              # mutual TLS only
+                  token=os.environ["NNSERVE_TOKEN"])                # sent as a bearer token
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +42,7 @@ __all__ = [
     "SequenceResult",
     "SequenceScores",
     "ServingStatus",
+    "open_channel",
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -288,6 +296,40 @@ def _serving_status(response: health_pb2.HealthCheckResponse) -> ServingStatus:
 
 # ---------------------------------------------------------------- client
 
+PathLike = str | os.PathLike[str]
+
+
+def _read(path: PathLike | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca: PathLike | None = None,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    server_name: str | None = None,
+) -> grpc.Channel:
+    """A channel to ``address``: plaintext, or TLS when ``tls`` (or any of ``ca``, ``cert``,
+    ``key``) is given. ``ca``: PEM roots to trust (default: the system's); ``cert`` +
+    ``key``: the client certificate for mutual TLS; ``server_name``: the name to verify
+    in the server certificate when it differs from the address (e.g. 127.0.0.1 inside a
+    container whose certificate names the service)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key")
+    if not (tls or ca or cert):
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(address, credentials, options=options)
+
 
 class NNServeClient:
     """Blocking client for one nnserve process (classify or sequence service)."""
@@ -298,16 +340,28 @@ class NNServeClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         *,
         channel: grpc.Channel | None = None,
+        tls: bool = False,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``address`` is host:port; ``timeout`` (seconds) is the deadline of each call.
 
-        Pass ``channel`` to use a channel you configured yourself (TLS, options); it is
-        then yours to close.
+        ``tls``, ``ca``, ``cert``, ``key``, ``server_name``: see :func:`open_channel`.
+        ``token``: sent as ``authorization: Bearer <token>`` on every call. Pass
+        ``channel`` to use a channel you configured yourself; it is then yours to close.
         """
         self.address = address
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(address)
+        self._channel = (
+            channel
+            if channel is not None
+            else open_channel(address, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name)
+        )
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -323,7 +377,7 @@ class NNServeClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             # Every RpcError a blocking stub raises is also a grpc.Call.
             raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]

@@ -13,6 +13,10 @@
 `logs`), --timeout SECONDS and --json (machine-readable output) go before or after
 the command. Exit status: 0 success (health: SERVING), 1 the call failed or the
 service is not SERVING, 2 bad usage or input.
+
+Security: --tls (system roots) or --ca ca.pem turn TLS on; --cert/--key add a client
+certificate (mutual TLS); --server-name NAME checks NAME in the server certificate.
+The bearer token comes from $NNSERVE_TOKEN (kept out of shell history) or --token.
 """
 
 from __future__ import annotations
@@ -69,6 +73,29 @@ def _common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
         action="store_true",
         default=default(False),
         help="print machine-readable JSON instead of tables",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="connect with TLS (implied by --ca/--cert)",
+    )
+    parser.add_argument(
+        "--ca", type=Path, default=default(None), help="PEM CA certificates to trust"
+    )
+    parser.add_argument(
+        "--cert", type=Path, default=default(None), help="PEM client certificate (mutual TLS)"
+    )
+    parser.add_argument("--key", type=Path, default=default(None), help="PEM client key")
+    parser.add_argument(
+        "--server-name",
+        default=default(None),
+        help="name to verify in the server certificate (default: the address host)",
+    )
+    parser.add_argument(
+        "--token",
+        default=default(None),
+        help="bearer token (default $NNSERVE_TOKEN; prefer the variable: no shell history)",
     )
 
 
@@ -293,8 +320,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     default = SEQUENCE_ADDRESS if opts.command == "logs" else CLASSIFY_ADDRESS
     address = opts.address or os.environ.get("NNSERVE_ADDRESS") or default
+    token = opts.token or os.environ.get("NNSERVE_TOKEN") or None
     try:
-        with NNServeClient(address, timeout=opts.timeout) as client:
+        client = NNServeClient(
+            address,
+            timeout=opts.timeout,
+            tls=opts.tls,
+            ca=opts.ca,
+            cert=opts.cert,
+            key=opts.key,
+            server_name=opts.server_name,
+            token=token,
+        )
+    except (OSError, ValueError) as err:
+        print(f"error: TLS files: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with client:
             return COMMANDS[opts.command](client, opts)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
