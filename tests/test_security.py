@@ -48,6 +48,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2
 from services import auth
 from services.client import NNServeClient, NNServeError, ServingStatus
+from services.client.aio import AsyncNNServeClient
 from services.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
@@ -525,6 +526,42 @@ def test_tokens_with_tritonclient_and_the_cli(
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
         probe = cli("--address", server.address, "health", env={"NNSERVE_TOKEN": ""})
         assert probe.returncode == 0 and probe.stdout.strip() == "SERVING"
+
+
+async def test_asyncio_client_tls_mtls_and_tokens(
+    tls_server: RunningServer,
+    mtls_server: RunningServer,
+    model_repository: Path,
+    tokens_file: Path,
+    pki: PKI,
+) -> None:
+    """AsyncNNServeClient takes the blocking client's TLS, mTLS and token options."""
+    async with AsyncNNServeClient(tls_server.address, ca=pki.ca.cert) as client:
+        assert await client.health() is ServingStatus.SERVING
+        assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
+    async with AsyncNNServeClient(tls_server.address, timeout=3) as plain:
+        with pytest.raises(NNServeError) as err:
+            await plain.health()
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+
+    ca, client_pair = pki.ca.cert, {"cert": pki.client.cert, "key": pki.client.key}
+    async with AsyncNNServeClient(mtls_server.address, ca=ca, **client_pair) as client:
+        assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
+    async with AsyncNNServeClient(mtls_server.address, ca=ca, timeout=3) as no_certificate:
+        with pytest.raises(NNServeError) as err:
+            await no_certificate.health()
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(ValueError, match="both cert and key"):
+        AsyncNNServeClient(mtls_server.address, ca=ca, cert=pki.client.cert)
+
+    settings = make_settings(model_repository, models=[MODEL], tokens_file=tokens_file)
+    with running_server(settings) as server:
+        async with AsyncNNServeClient(server.address) as anonymous:
+            with pytest.raises(NNServeError) as err:
+                await anonymous.classify_tabular(MODEL, [FEATURES])
+            assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
+        async with AsyncNNServeClient(server.address, token=INFER_TOKEN) as client:
+            assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
 
 
 def test_tokens_file_reload(model_repository: Path, tokens_file: Path) -> None:

@@ -306,6 +306,27 @@ def _read(path: PathLike | None) -> bytes | None:
         return f.read()
 
 
+def _credentials(
+    tls: bool, ca: PathLike | None, cert: PathLike | None, key: PathLike | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials, or None for plaintext (shared by the blocking and asyncio clients)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key")
+    if not (tls or ca or cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
+
+
+def _tls_options(server_name: str | None) -> list[tuple[str, str]]:
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 def open_channel(
     address: str,
     *,
@@ -320,15 +341,10 @@ def open_channel(
     ``key``: the client certificate for mutual TLS; ``server_name``: the name to verify
     in the server certificate when it differs from the address (e.g. 127.0.0.1 inside a
     container whose certificate names the service)."""
-    if (cert is None) != (key is None):
-        raise ValueError("a client certificate needs both cert and key")
-    if not (tls or ca or cert):
+    credentials = _credentials(tls, ca, cert, key)
+    if credentials is None:
         return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
-    )
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.secure_channel(address, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options=_tls_options(server_name))
 
 
 class NNServeClient:
@@ -361,7 +377,7 @@ class NNServeClient:
             if channel is not None
             else open_channel(address, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name)
         )
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._metadata = _bearer(token)
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

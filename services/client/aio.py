@@ -7,7 +7,8 @@
 
 The same methods, arguments, results and errors as :class:`services.client.NNServeClient`;
 requests and results are built by the same functions, so the two cannot drift apart.
-Many calls may be in flight at once on one client (``asyncio.gather``).
+Many calls may be in flight at once on one client (``asyncio.gather``). TLS, mutual
+TLS and tokens as for the blocking client (:func:`services.client.open_channel`).
 """
 
 from __future__ import annotations
@@ -25,19 +26,39 @@ from services.client import (
     ClassifyResult,
     ModelDescription,
     NNServeError,
+    PathLike,
     SequenceResult,
     ServingStatus,
+    _bearer,
     _classify_result,
+    _credentials,
     _description,
     _images_request,
     _sequence_request,
     _sequence_result,
     _serving_status,
     _tabular_request,
+    _tls_options,
     _unknown_service,
 )
 
-__all__ = ["AsyncNNServeClient"]
+__all__ = ["AsyncNNServeClient", "open_aio_channel"]
+
+
+def open_aio_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca: PathLike | None = None,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    server_name: str | None = None,
+) -> grpc.aio.Channel:
+    """The grpc.aio twin of :func:`services.client.open_channel` (same arguments)."""
+    credentials = _credentials(tls, ca, cert, key)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials, options=_tls_options(server_name))
 
 
 class AsyncNNServeClient:
@@ -49,16 +70,31 @@ class AsyncNNServeClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         *,
         channel: grpc.aio.Channel | None = None,
+        tls: bool = False,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``address`` is host:port; ``timeout`` (seconds) is the deadline of each call.
 
-        Pass ``channel`` (a grpc.aio channel you configured: TLS, options) to use it; it
-        is then yours to close. Create the client inside a running event loop.
+        ``tls``, ``ca``, ``cert``, ``key``, ``server_name``: see :func:`open_aio_channel`.
+        ``token``: sent as ``authorization: Bearer <token>`` on every call. Pass
+        ``channel`` (a grpc.aio channel you configured) to use it; it is then yours to
+        close. Create the client inside a running event loop.
         """
         self.address = address
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(address)
+        self._channel = (
+            channel
+            if channel is not None
+            else open_aio_channel(
+                address, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name
+            )
+        )
+        self._metadata = _bearer(token)
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -74,7 +110,7 @@ class AsyncNNServeClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise NNServeError(err.code(), err.details() or "") from None
 
