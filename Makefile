@@ -1,6 +1,6 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
-#   make test   the whole test suite
+#   make test   lint, typecheck and the whole test suite (with the tools it needs)
 # ORT=auto (default) installs onnxruntime-gpu where `nvidia-smi -L` lists a GPU, else the
 # CPU onnxruntime; ORT=gpu or ORT=cpu forces one (bench/ort_build.sh decides).
 SHELL := /bin/bash
@@ -67,7 +67,8 @@ run: models            ## both services on 50051/50052 (metrics 9091/9092) until
 	$(PY) -m services --service sequence --repository $(REPOSITORY) & s=$$!; \
 	wait
 
-test: venv             ## the whole test suite
+test: venv lint typecheck  ## lint, typecheck, then every test (tests/tools.sh: Debian's prometheus)
+	bash tests/tools.sh
 	$(PY) -m pytest -q
 
 fuzz: venv             ## a long hypothesis run against real servers (FUZZ_EXAMPLES per test)
@@ -78,7 +79,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 typecheck: venv
-	$(PY) -m mypy services training export bench
+	$(PY) -m mypy contract services training export bench
 
 protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
 	$(PY) -m protos.generate

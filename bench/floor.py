@@ -42,13 +42,11 @@ class FloorResult:
 
 def open_model(info: ModelInfo, policy: str = "cpu_only", intra_op_threads: int = 1) -> Any:
     """A services.runtime.ModelSession for the model's directory."""
-    from services.repository import read_spec
     from services.runtime import open_session
     from services.settings import DevicePolicy
 
-    assert info.directory is not None, "the floor needs the model repository"
-    spec = read_spec(info.directory.parent.parent, info.name, int(info.directory.name))
-    return open_session(spec, DevicePolicy(policy), intra_op_threads)
+    assert info.spec is not None, "the floor needs the model repository"
+    return open_session(info.spec, DevicePolicy(policy), intra_op_threads)
 
 
 def feeds_for(rows: list[Row], batch: int) -> Row:

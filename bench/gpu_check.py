@@ -190,15 +190,14 @@ def open_in_process(
     """CPU sessions (the reference) and, on a GPU, require_gpu sessions that must pass
     their goldens on CUDA."""
     from bench.floor import open_model
-    from services.errors import ModelLoadError
-    from services.repository import read_spec
+    from contract.model import ModelLoadError
     from services.runtime import check_goldens
 
     cpu = {m: open_model(i, "cpu_only") for m, i in infos.items()}
     cuda: dict[str, Any] = {}
     for m, i in infos.items():
-        assert i.directory is not None
-        spec = read_spec(i.directory.parent.parent, m, int(i.directory.name))
+        spec = i.spec
+        assert spec is not None, "the GPU check reads the model repository"
         policy = "require_gpu" if expected == CUDA else "cpu_only"
         try:
             session = open_model(i, policy)
@@ -235,15 +234,14 @@ def measured_placement(
     """The measure policy as the services open it (sizes 1, 8, max), then every size it
     routes to CUDA timed again on both providers: the GPU must not be slower there."""
     from bench.floor import feeds_for, time_calls
-    from services.repository import read_spec
     from services.runtime import open_session
     from services.settings import DevicePolicy, Settings
 
     settings = Settings()
     table: list[dict[str, Any]] = []
     for m, i in infos.items():
-        assert i.directory is not None
-        spec = read_spec(i.directory.parent.parent, m, int(i.directory.name))
+        spec = i.spec
+        assert spec is not None, "the GPU check reads the model repository"
         max_batch = settings.serving_config(m, spec.serving).max_batch_size
         measured = open_session(
             spec, DevicePolicy.MEASURE, settings.intra_op_threads, (1, min(8, max_batch), max_batch)
@@ -351,15 +349,14 @@ def check_providers(report: Report, services: dict[str, Any], expected: str) -> 
 
 
 def _infer(stub: Any, info: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from bench.workload import NUMPY_OF, v2_request
+    from bench.workload import v2_request
+    from contract.model import from_raw
     from protos import grpc_service_pb2 as pb
 
     raw = v2_request(info, feeds)
     response = pb.ModelInferResponse.FromString(stub(raw, timeout=30))
     return {
-        o.name: np.frombuffer(data, dtype=np.dtype(NUMPY_OF[o.datatype]).newbyteorder("<")).reshape(
-            tuple(o.shape)
-        )
+        o.name: from_raw(data, o.datatype, o.shape)
         for o, data in zip(response.outputs, response.raw_output_contents, strict=True)
     }
 
@@ -377,14 +374,11 @@ def check_outputs(
 
     from bench.floor import feeds_for
     from bench.workload import V2_INFER
+    from contract.model import worst as contract_worst
 
     worst_of: dict[str, float] = {}
     for name, info in infos.items():
-        goldens = info.doc.get("goldens", {})
-        atol, rtol = (
-            float(goldens.get("atol", 1e-4)) * scale,
-            float(goldens.get("rtol", 1e-3)) * scale,
-        )
+        atol, rtol = info.spec.atol * scale, info.spec.rtol * scale
         session = cpu_sessions[name]
         worst = 0.0
         bad: list[str] = []
@@ -403,9 +397,9 @@ def check_outputs(
                     if got.shape != ref.shape:
                         bad.append(f"{label} {out} shape {got.shape} != {ref.shape}")
                         continue
-                    excess = np.abs(got - ref) - (atol + rtol * np.abs(ref))
+                    excess, _, _ = contract_worst(got, ref, atol, rtol)
                     worst = max(worst, float(np.abs(got - ref).max(initial=0.0)))
-                    if (excess > 0).any():
+                    if excess > 0:
                         bad.append(f"{label} {out} off by {float(np.abs(got - ref).max()):.3g}")
         worst_of[name] = worst
         report.check(

@@ -371,7 +371,9 @@ def run(opts: Options) -> dict[str, Any]:
         m: {
             "inputs": {k: list(v.shape) for k, v in rows[m][0].items()},
             "distinct_requests": len(rows[m]),
-            "source": "model.json goldens + seeded random" if info.doc else "ModelMetadata, random",
+            "source": "model.json goldens + seeded random"
+            if info.spec
+            else "ModelMetadata, random",
         }
         for m, info in infos.items()
     }
@@ -420,7 +422,7 @@ def run(opts: Options) -> dict[str, Any]:
         ]
         index = 0
         for name, info in infos.items():
-            if opts.floor and info.directory is not None:
+            if opts.floor and info.spec is not None:
                 _floor(doc, info, rows[name], opts)
             service = services.get(SERVICE_OF_TASK.get(info.task, ""))
             address = opts.address or (service.address if service else "")

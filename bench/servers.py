@@ -1,9 +1,10 @@
 """Start the nnserve services as subprocesses, wait for health SERVING, read metrics, stop.
 
-Ports: with one worker the service binds port 0 and the port is read back from its
-start-up log line; with several workers (which must share a fixed port via
-SO_REUSEPORT) the port is held by an SO_REUSEPORT socket of ours, bound but never
-listening, until the service is up, so nobody else can take it in between.
+Ports: with one worker the service binds port 0 and the ports are read back from the
+ports file it writes once they are bound (NNSERVE_PORTS_FILE); with several workers
+(which must share a fixed port via SO_REUSEPORT) the port is held by an SO_REUSEPORT
+socket of ours, bound but never listening, until the service is up, so nobody else
+can take it in between.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_MODELS = {"classify": ("perceptron", "mlp", "cnn"), "sequence": ("lstm", "transformer")}
-_LISTENING = re.compile(r"gRPC (?:\(\w+\) )?on (\S+):(\d+), metrics on :(-?\d+)")
 
 
 class ServiceError(RuntimeError):
@@ -119,6 +119,8 @@ def start_service(
     metrics_port = (0 if workers == 1 else _free_port(host)) if metrics else -1
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    ports_path = log_dir / f"{name}.ports.json"
+    ports_path.unlink(missing_ok=True)  # a stale file from an earlier run is not ours
     args = [
         sys.executable,
         "-m",
@@ -137,6 +139,8 @@ def start_service(
         json.dumps(models),
         "--workers",
         str(workers),
+        "--ports-file",
+        str(ports_path),
         *(extra_args or []),
     ]
     child_env = {**os.environ, **(env or {})}
@@ -151,11 +155,11 @@ def start_service(
     service._reserved = reserved
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        match = _LISTENING.search(log_path.read_text(errors="replace"))
-        if match:
-            service.grpc_port = grpc_port or int(match.group(2))
+        if ports_path.is_file():  # written whole (renamed into place) once bound
+            ports = json.loads(ports_path.read_text())
+            service.grpc_port = grpc_port or int(ports["grpc_port"])
             if workers == 1:
-                service.metrics_port = int(match.group(3))
+                service.metrics_port = int(ports["metrics_port"] or -1)
             return service
         if process.poll() is not None:
             raise ServiceError(
@@ -163,7 +167,9 @@ def start_service(
             )
         time.sleep(0.05)
     service.stop()
-    raise ServiceError(f"{name} service did not report its port in 60 s:\n{service.log_tail()}")
+    raise ServiceError(
+        f"{name} service did not write its ports file in 60 s:\n{service.log_tail()}"
+    )
 
 
 def wait_serving(service: Service, timeout_s: float = 120.0) -> None:

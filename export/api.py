@@ -9,24 +9,26 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnxruntime
 import torch
 
-from export import OPSET, goldens, manifest, parity, repository
+from contract.model import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    GoldenCase,
+    Signature,
+    case_to_json,
+    cases_from_json,
+)
+from export import OPSET, manifest, parity, repository
 from export.errors import ExportError
 from export.onnx_export import to_onnx
-from export.spec import IOSpec, io_spec
 from training import NNSERVE_VERSION
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.recipe import Dataset
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -38,33 +40,7 @@ class ExportResult:
     seconds: float
 
 
-def _golden_set(
-    family: str,
-    model: torch.nn.Module,
-    spec: IOSpec,
-    data: Dataset,
-    meta: dict[str, Any],
-    seed: int,
-) -> goldens.GoldenSet:
-    if family in ("perceptron", "mlp"):
-        return goldens.tabular_goldens(model, spec, data.test["x"], meta["features"], seed)
-    if family == "cnn":
-        return goldens.image_goldens(model, spec, data.test["x"], meta["image"]["pixel_max"], seed)
-    vocab = len(meta["vocabulary"])
-    return goldens.sequence_goldens(
-        model,
-        spec,
-        data.test["tokens"],
-        data.test["lengths"],
-        data.test["y"],
-        vocab,
-        int(meta["pad_id"]),
-        int(meta["max_length"]),
-        seed,
-    )
-
-
-def _example(spec: IOSpec, case: goldens.Case) -> tuple[torch.Tensor, ...]:
+def _example(spec: Signature, case: GoldenCase) -> tuple[torch.Tensor, ...]:
     """Trace inputs: a golden batch (batch and sequence sizes > 1 avoid 0/1 specialisation)."""
     return tuple(torch.from_numpy(case.inputs[t.name]) for t in spec.inputs)
 
@@ -88,17 +64,15 @@ def export_model(
     name, meta = ckpt["name"], ckpt["data"]
     if ckpt["metrics"].get("dry_run"):
         log.warning("%s: exporting a dry-run checkpoint (one training step)", name)
-    spec = io_spec(ckpt["family"], meta)
+    spec = recipe.signature(meta)
     data = recipe.load_data(config)
-    golden_set = _golden_set(ckpt["family"], model, spec, data, meta, seed=int(config.seed))
-    max_length = int(meta["max_length"]) if ckpt["task"] == "sequence" else None
+    golden_set = recipe.golden_cases(model, spec, data, meta, int(config.seed))
 
     proto = to_onnx(
         model,
         _example(spec, golden_set.stored[1]),
         spec,
         opset=opset,
-        max_length=max_length,
         doc=ckpt.get("description", ""),
     )
     model_bytes = proto.SerializeToString()
@@ -134,7 +108,7 @@ def export_model(
             goldens={
                 "atol": atol,
                 "rtol": rtol,
-                "cases": [goldens.case_to_json(c) for c in golden_set.stored],
+                "cases": [case_to_json(c) for c in golden_set.stored],
             },
         )
         text = manifest.dumps(document)
@@ -144,7 +118,7 @@ def export_model(
         parity.check_cases(
             session,
             spec,
-            goldens.cases_from_json(reread["goldens"]["cases"], spec),
+            list(cases_from_json(reread["goldens"]["cases"], spec.inputs + spec.outputs)),
             atol,
             rtol,
             name,

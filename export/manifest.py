@@ -12,8 +12,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 
+from contract.model import Signature
 from export.errors import ManifestError
-from export.spec import IOSpec
 
 SCHEMA_VERSION = 1
 # Serving defaults (service settings may override): small models, latency-first batching.
@@ -67,38 +67,11 @@ def _metrics(ckpt_metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def task_section(task: str, spec: IOSpec, data: dict[str, Any]) -> dict[str, Any]:
-    if task == "classify":
-        section: dict[str, Any] = {
-            "input": spec.inputs[0].name,
-            "scores_output": "probabilities",
-            "kind": data["kind"],
-        }
-        if data["kind"] == "tabular":
-            section["features"] = data["features"]
-        else:
-            section["image"] = data["image"]
-        return {"classify": section}
-    return {
-        "sequence": {
-            "tokens_input": "tokens",
-            "lengths_input": "lengths",
-            "sequence_scores_output": "sequence_probabilities",
-            "position_scores_output": "position_scores",
-            "max_length": int(data["max_length"]),
-            "pad_id": int(data["pad_id"]),
-            "unknown_id": data["unknown_id"],
-            "vocabulary": list(data["vocabulary"]),
-            "numeric_input": None,
-        }
-    }
-
-
 def build(
     *,
     checkpoint: dict[str, Any],
     version: int,
-    spec: IOSpec,
+    spec: Signature,
     onnx_info: dict[str, Any],
     producer: dict[str, str],
     goldens: dict[str, Any],
@@ -117,7 +90,7 @@ def build(
         "inputs": [t.to_json() for t in spec.inputs],
         "outputs": [t.to_json() for t in spec.outputs],
         "labels": list(data["labels"]),
-        **task_section(checkpoint["task"], spec, data),
+        checkpoint["task"]: spec.section,
         "metrics": _metrics(checkpoint["metrics"]),
         "serving": dict(SERVING_DEFAULTS),
         "goldens": goldens,

@@ -10,20 +10,14 @@ from collections.abc import Iterator
 
 import onnx
 import torch
-from onnx import TensorProto
 from torch import nn
 
+from contract.model import Signature, TensorSpec
 from export.errors import ExportError
-from export.spec import BATCH_AXIS, SEQUENCE_AXIS, IOSpec, TensorSpec
 
-_ONNX_DTYPES = {
-    "FP32": TensorProto.FLOAT,
-    "FP64": TensorProto.DOUBLE,
-    "INT64": TensorProto.INT64,
-    "INT32": TensorProto.INT32,
-    "UINT8": TensorProto.UINT8,
-    "BOOL": TensorProto.BOOL,
-}
+
+def _onnx_dtype(t: TensorSpec) -> int:
+    return int(onnx.helper.np_dtype_to_tensor_dtype(t.dtype))
 
 
 @contextlib.contextmanager
@@ -45,16 +39,21 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _dynamic_shapes(spec: IOSpec, max_length: int | None) -> dict[str, dict[int, object]]:
-    dims: dict[str, object] = {BATCH_AXIS: torch.export.Dim(BATCH_AXIS, min=1, max=4096)}
-    if max_length is not None:
-        dims[SEQUENCE_AXIS] = torch.export.Dim(SEQUENCE_AXIS, min=1, max=max_length)
+# Dynamic axes the signature does not bound (the batch) are bounded here.
+MAX_DYNAMIC = 4096
+
+
+def _dynamic_shapes(spec: Signature) -> dict[str, dict[int, object]]:
+    dims: dict[str, object] = {}
+    for t in spec.inputs:
+        for name in t.axis_names.values():
+            dims[name] = torch.export.Dim(name, min=1, max=spec.axis_max.get(name, MAX_DYNAMIC))
     return {t.name: {axis: dims[n] for axis, n in t.axis_names.items()} for t in spec.inputs}
 
 
 def _set_shape(value: onnx.ValueInfoProto, t: TensorSpec) -> None:
     tensor = value.type.tensor_type
-    tensor.elem_type = _ONNX_DTYPES[t.dtype]
+    tensor.elem_type = _onnx_dtype(t)
     tensor.shape.Clear()
     for axis, size in enumerate(t.shape):
         dim = tensor.shape.dim.add()
@@ -64,7 +63,7 @@ def _set_shape(value: onnx.ValueInfoProto, t: TensorSpec) -> None:
             dim.dim_value = size
 
 
-def pin_io(model: onnx.ModelProto, spec: IOSpec) -> onnx.ModelProto:
+def pin_io(model: onnx.ModelProto, spec: Signature) -> onnx.ModelProto:
     """Make graph inputs/outputs carry exactly the contract's names, dtypes and axes.
 
     The dynamo exporter can leave a traced size on a dynamic axis in the *declared*
@@ -82,11 +81,11 @@ def pin_io(model: onnx.ModelProto, spec: IOSpec) -> onnx.ModelProto:
             f"{[t.name for t in spec.inputs]} / {[t.name for t in spec.outputs]}"
         )
     for value, t in zip(graph.input, spec.inputs, strict=True):
-        if value.type.tensor_type.elem_type != _ONNX_DTYPES[t.dtype]:
+        if value.type.tensor_type.elem_type != _onnx_dtype(t):
             raise ExportError(f"input {t.name} has the wrong element type in the graph")
         _set_shape(value, t)
     for value, t in zip(graph.output, spec.outputs, strict=True):
-        if value.type.tensor_type.elem_type != _ONNX_DTYPES[t.dtype]:
+        if value.type.tensor_type.elem_type != _onnx_dtype(t):
             raise ExportError(f"output {t.name} has the wrong element type in the graph")
         _set_shape(value, t)
     del graph.value_info[:]
@@ -96,10 +95,9 @@ def pin_io(model: onnx.ModelProto, spec: IOSpec) -> onnx.ModelProto:
 def to_onnx(
     model: nn.Module,
     example: tuple[torch.Tensor, ...],
-    spec: IOSpec,
+    spec: Signature,
     *,
     opset: int,
-    max_length: int | None = None,
     doc: str = "",
 ) -> onnx.ModelProto:
     """Export with torch.onnx (dynamo), pin IO to the contract and run onnx.checker."""
@@ -113,7 +111,7 @@ def to_onnx(
                 output_names=[t.name for t in spec.outputs],
                 opset_version=opset,
                 dynamo=True,
-                dynamic_shapes=_dynamic_shapes(spec, max_length),
+                dynamic_shapes=_dynamic_shapes(spec),
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types

@@ -1,4 +1,5 @@
-"""The parity gate: ONNX Runtime (CPU) must reproduce PyTorch on every golden case."""
+"""The parity gate: ONNX Runtime (CPU) must reproduce PyTorch on every golden case,
+within the contract's tolerance rule (contract.model.worst)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
+from contract.model import GoldenCase, Signature, worst
 from export.errors import ParityError
-from export.goldens import Case
-from export.spec import IOSpec
 
 
 @dataclass
@@ -38,21 +38,9 @@ def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def worst(
-    actual: np.ndarray, golden: np.ndarray, atol: float, rtol: float
-) -> tuple[float, float, tuple[int, ...]]:
-    """(excess over tolerance, |diff| there, index) of the worst element; excess <= 0 passes."""
-    a = actual.astype(np.float64)
-    g = golden.astype(np.float64)
-    diff = np.abs(a - g)
-    excess = diff - (atol + rtol * np.abs(g))
-    excess = np.where(np.isnan(a) != np.isnan(g), np.inf, np.nan_to_num(excess, nan=0.0))
-    flat = int(np.argmax(excess))
-    index = tuple(int(i) for i in np.unravel_index(flat, excess.shape))
-    return float(excess.reshape(-1)[flat]), float(diff.reshape(-1)[flat]), index
-
-
-def run_case(session: ort.InferenceSession, spec: IOSpec, case: Case) -> dict[str, np.ndarray]:
+def run_case(
+    session: ort.InferenceSession, spec: Signature, case: GoldenCase
+) -> dict[str, np.ndarray]:
     names = [t.name for t in spec.outputs]
     values = session.run(names, {t.name: case.inputs[t.name] for t in spec.inputs})
     return dict(zip(names, values, strict=True))
@@ -60,8 +48,8 @@ def run_case(session: ort.InferenceSession, spec: IOSpec, case: Case) -> dict[st
 
 def check_cases(
     session: ort.InferenceSession,
-    spec: IOSpec,
-    cases: list[Case],
+    spec: Signature,
+    cases: list[GoldenCase],
     atol: float,
     rtol: float,
     model_name: str,
@@ -101,8 +89,8 @@ def check_cases(
 
 def check_sequence_masking(
     session: ort.InferenceSession,
-    spec: IOSpec,
-    cases: list[Case],
+    spec: Signature,
+    cases: list[GoldenCase],
     atol: float,
     rtol: float,
     model_name: str,
@@ -121,7 +109,7 @@ def check_sequence_masking(
             )
         for row in range(min(len(lengths), 8)):
             n = int(lengths[row])
-            alone = Case(
+            alone = GoldenCase(
                 name=f"{case.name}[row {row} alone]",
                 inputs={
                     "tokens": tokens[row : row + 1, :n],

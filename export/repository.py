@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from contract.model import versions as contract_versions
 from export.errors import ExportError
 
 STAGING_PREFIX = ".staging-"  # not an integer: scanners skip it
@@ -21,14 +22,7 @@ STAGING_PREFIX = ".staging-"  # not an integer: scanners skip it
 
 def versions(repository: Path, name: str) -> list[int]:
     """Published versions of ``name``, ascending."""
-    folder = repository / name
-    if not folder.is_dir():
-        return []
-    found = []
-    for entry in folder.iterdir():
-        if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
-            found.append(int(entry.name))
-    return sorted(found)
+    return contract_versions(repository / name)
 
 
 def next_version(repository: Path, name: str) -> int:

@@ -13,11 +13,11 @@ from functools import cached_property
 
 import numpy as np
 
+from contract.model import NUMPY_TO_V2, ModelSpec
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos import nnserve_pb2 as npb
 from services.errors import InvalidInput, shown
-from services.repository import NUMPY_TO_V2, ModelSpec
 from services.settings import ServingConfig
 from services.validation import check_shape
 
@@ -129,7 +129,7 @@ def encode_infer_response(
         out.name = name
         out.datatype = NUMPY_TO_V2[value.dtype]
         out.shape.extend(value.shape)
-        raw.append(value.tobytes())  # C order; a copy only for cut (non-contiguous) views
+        raw.append(value.tobytes())  # one copy into the response, C order
     return response
 
 

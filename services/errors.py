@@ -77,10 +77,6 @@ class PermissionDenied(ServingError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-class ModelLoadError(Exception):
-    """A model could not be loaded or failed its golden check (never reaches clients raw)."""
-
-
 INTERNAL_MESSAGE = "internal server error"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.repository import ModelSpec
+from contract.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ def run(settings: Settings) -> None:
 
 def _worker(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    # Only the parent serves /metrics (aggregated across workers).
-    run(settings.model_copy(update={"metrics_port": -1}))
+    # Only the parent serves /metrics (aggregated across workers) and writes the ports file.
+    run(settings.model_copy(update={"metrics_port": -1, "ports_file": None}))
 
 
 def serve_workers(settings: Settings) -> None:
@@ -73,6 +73,11 @@ def serve_workers(settings: Settings) -> None:
     http = None
     if settings.metrics_port is not None and settings.metrics_port >= 0:
         http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    if settings.ports_file is not None:
+        from services.server import write_ports_file
+
+        metrics_port = http.server_address[1] if http is not None else None
+        write_ports_file(settings.ports_file, settings.grpc_port or 0, metrics_port)
 
     def forward(signum: int, _frame: object) -> None:
         for w in workers:

@@ -50,13 +50,3 @@ class Readiness:
     def describe(self, name: str, version: str = "") -> ModelVersion:
         """The version record to describe (ready or not); NOT_FOUND when unknown."""
         return self._registry.record(name, version)
-
-    def not_ready_reasons(self) -> dict[str, str]:
-        """Model name -> why it has no ready version (for logs and metrics)."""
-        reasons = {}
-        for name in self._registry.names():
-            versions = self._registry.versions(name).values()
-            if not any(v.ready for v in versions):
-                latest = max(versions, key=lambda v: v.version)
-                reasons[name] = latest.reason or latest.state.value
-        return reasons

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from contract.model import ModelLoadError, ModelSpec, read_spec, scan
 from services.batching import Batcher
 from services.codec import DomainModel
-from services.errors import ModelLoadError, ModelNotFound, Unavailable, shown
+from services.errors import ModelNotFound, Unavailable, shown
 from services.merge import BatchLayout
 from services.metrics import Metrics
-from services.repository import ModelSpec, read_spec, scan
 from services.runtime import ModelSession, check_goldens, open_session, warm_up
 from services.settings import ServingConfig, Settings
 from services.workers import InferenceThreads

@@ -15,8 +15,7 @@ from enum import StrEnum
 import numpy as np
 import onnxruntime as ort
 
-from services.errors import ModelLoadError
-from services.repository import ModelSpec, sha256_of
+from contract.model import ModelLoadError, ModelSpec, sha256_of, worst
 from services.settings import DevicePolicy
 
 log = logging.getLogger(__name__)
@@ -300,13 +299,11 @@ def check_goldens(spec: ModelSpec, model: ModelSession) -> None:
                     f"golden {case.name!r}: output {name!r} has shape {list(got.shape)}, "
                     f"expected {list(expected.shape)}"
                 )
-            diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-            bound = spec.atol + spec.rtol * np.abs(expected.astype(np.float64))
-            if not np.all(diff <= bound):
+            excess, diff, index = worst(got, expected, spec.atol, spec.rtol)
+            if excess > 0:
                 raise ModelLoadError(
-                    f"golden {case.name!r}: output {name!r} differs by up to "
-                    f"{float(diff.max()):.3g} (atol {spec.atol}, rtol {spec.rtol}) "
-                    f"on {model.provider}"
+                    f"golden {case.name!r}: output {name!r} differs by {diff:.3g} at index "
+                    f"{list(index)} (atol {spec.atol}, rtol {spec.rtol}) on {model.provider}"
                 )
 
 

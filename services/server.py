@@ -8,8 +8,11 @@ running ones finish (up to the grace period), stop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -149,6 +152,8 @@ class NNServeServer:
             s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
             self.metrics_port,
         )  # fmt: skip
+        if s.ports_file is not None:
+            write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:
             await self._loader
@@ -197,6 +202,15 @@ class NNServeServer:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def write_ports_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+    """The bound ports as JSON (NNSERVE_PORTS_FILE), replaced atomically: a reader sees
+    the old file, no file, or the whole new one."""
+    doc = {"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc) + "\n")
+    os.replace(tmp, path)
 
 
 def server_options(s: Settings) -> list[tuple[str, int]]:

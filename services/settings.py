@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.repository import ServingDefaults
+from contract.model import ServingDefaults
 from services.security import TLSFiles, is_loopback
 
 
@@ -120,6 +120,10 @@ class Settings(BaseSettings):
 
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
+
+    ports_file: Path | None = None
+    """Write {"grpc_port", "metrics_port", "pid"} as JSON here once the ports are bound
+    (useful with port 0); replaced atomically, so a reader never sees half a file."""
 
     log_level: str = "INFO"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.model import ModelSpec, TensorSpec
 from services.errors import InvalidInput
-from services.repository import ModelSpec, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 

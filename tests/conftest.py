@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from contract.model import read_spec
 from tests.server_harness import RunningServer, make_settings, running_server
 
 CLASSIFY_MODELS = ("perceptron", "mlp", "cnn")
@@ -71,14 +72,7 @@ def model_json(repository: Path, name: str, version: int = 1) -> dict[str, Any]:
 
 
 def golden_inputs(repository: Path, name: str, case: int = 0) -> dict[str, np.ndarray]:
-    doc = model_json(repository, name)
-    dtypes = {t["name"]: t["dtype"] for t in doc["inputs"]}
-    np_types = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8, "FP64": np.float64}
-    entry = doc["goldens"]["cases"][case]["inputs"]
-    return {
-        k: np.asarray(v["data"], dtype=np_types[dtypes[k]]).reshape(v["shape"])
-        for k, v in entry.items()
-    }
+    return dict(read_spec(repository, name, 1).goldens[case].inputs)
 
 
 def reference_outputs(

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["age", "years_experience", "income", "debt_ratio"]
-
-onnx = pytest.importorskip("onnx")
 
 
 def _tiny_mlp(path: Path) -> None:

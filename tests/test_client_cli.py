@@ -1,9 +1,11 @@
-"""services.client: the library and the CLI against a small real gRPC server.
+"""services.client: the library's encoding and the CLI's rendering, over the wire.
 
 The server here implements nnserve.v1.Predictor and grpc.health.v1 on 127.0.0.1
-(port 0) with answers computed from the request, so the client's encoding and
-decoding are exercised over the wire. Integration tests against the real services
-extend this.
+(port 0) with answers computed from the request by known formulas (pixel layout,
+feature order, per-event scores), so a transposed image or a reordered feature shows
+as a wrong number, and states the real services cannot be put in on demand
+(NOT_SERVING, a CUDA provider) are covered. test_client_real.py runs the library,
+the asyncio client and the CLI against the real services.
 """
 
 from __future__ import annotations
@@ -403,7 +405,8 @@ def test_read_image_formats(tmp_path: Path) -> None:
 
 
 def test_png_decoder_matches_pillow(tmp_path: Path) -> None:
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module
+
     rng = np.random.default_rng(1)
     for i, mode in enumerate(("L", "RGB", "RGBA", "LA")):
         shape = (13, 11) if mode == "L" else (13, 11, len(mode))
@@ -518,7 +521,6 @@ def test_cli_digit_image_files(address: str, tmp_path: Path, fmt: str) -> None:
 
 
 def test_cli_digit_sample(address: str) -> None:
-    pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -1,4 +1,4 @@
-"""DESIGN.md's error model, triggered for real: status code and message for each case,
+"""The error model (README, "Errors"), triggered for real: status code and message for each case,
 and the server keeps answering good requests afterwards."""
 
 from __future__ import annotations

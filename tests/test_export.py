@@ -14,17 +14,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contract.model import cases_from_json, read_spec, worst
 from export import api as export_api
 from export.api import ExportResult, export_model
 from export.errors import ManifestError, ParityError
-from export.goldens import cases_from_json
 from export.manifest import validate
 from export.parity import check_cases
-from export.spec import io_spec
 from tests.training_fixtures import TINY, run_cli
 from training import MODEL_NAMES
 from training.api import train
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.registry import get_recipe
 
 SCHEMA = json.loads(
     Path(__file__).resolve().parents[1].joinpath("export/model.schema.json").read_text()
@@ -145,29 +145,22 @@ def test_contract_names_per_task(exported: dict[str, ExportResult]) -> None:
 def test_stored_goldens_pass_the_service_check(
     name: str, exported: dict[str, ExportResult]
 ) -> None:
-    """What the services do at load: decode goldens from model.json, run ORT, compare."""
-    doc = _manifest(exported[name])
-    session = ort.InferenceSession(
-        str(exported[name].path / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    atol, rtol = doc["goldens"]["atol"], doc["goldens"]["rtol"]
-    for case in doc["goldens"]["cases"]:
-        feeds = {
-            k: np.asarray(
-                v["data"], dtype=np.int64 if k in ("tokens", "lengths") else np.float32
-            ).reshape(v["shape"])
-            for k, v in case["inputs"].items()
-        }
+    """What the services do at load: read model.json with the contract's reader, run ORT,
+    compare by the contract's tolerance rule."""
+    result = exported[name]
+    spec = read_spec(result.path.parent.parent, name, result.version)
+    session = ort.InferenceSession(str(spec.onnx_file), providers=["CPUExecutionProvider"])
+    assert len(spec.goldens) == 3
+    for case in spec.goldens:
         got = dict(
-            zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True)
-        )
-        for out, golden in case["outputs"].items():
-            want = np.asarray(golden["data"], dtype=np.float32).reshape(golden["shape"])
-            assert np.all(np.abs(got[out] - want) <= atol + rtol * np.abs(want)), (
-                name,
-                case["name"],
-                out,
+            zip(
+                [o.name for o in session.get_outputs()], session.run(None, case.inputs), strict=True
             )
+        )
+        assert set(case.outputs) == {t.name for t in spec.outputs}
+        for out, golden in case.outputs.items():
+            excess, diff, _ = worst(got[out], golden, spec.atol, spec.rtol)
+            assert excess <= 0, (name, case.name, out, diff)
 
 
 # ----------------------------------------------------------------- dynamic shapes vs PyTorch
@@ -341,8 +334,8 @@ def test_golden_round_trip_is_exact(
     """Stored inputs decode to exactly what PyTorch saw: re-running PyTorch reproduces outputs."""
     model, payload = _torch_model(checkpoints["transformer"])
     doc = _manifest(exported["transformer"])
-    spec = io_spec("transformer", payload["data"])
-    cases = cases_from_json(doc["goldens"]["cases"], spec)
+    spec = get_recipe("transformer").signature(payload["data"])
+    cases = list(cases_from_json(doc["goldens"]["cases"], spec.inputs + spec.outputs))
     with torch.no_grad():
         for case in cases:
             seq, pos = model(

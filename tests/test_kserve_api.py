@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from contract.model import NUMPY_TO_V2, from_raw
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-from services.repository import NUMPY_TO_V2
 from tests.conftest import ALL_MODELS, golden_inputs, model_json, reference_outputs
 from tests.server_harness import RunningServer
 
@@ -46,10 +46,8 @@ def full_length_request(repository: Path, name: str, rows: int) -> pb.ModelInfer
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    from services.repository import V2_TO_NUMPY
-
     return {
-        out.name: np.frombuffer(raw, dtype=V2_TO_NUMPY[out.datatype]).reshape(out.shape)
+        out.name: from_raw(raw, out.datatype, out.shape)
         for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
 
@@ -180,6 +178,27 @@ def test_statistics_count_successes_and_failures(
     )
     assert after.execution_count == before.execution_count + 1
 
+    def batches_of(stats: pb.ModelStatistics, size: int) -> int:
+        return next((b.compute_infer.count for b in stats.batch_stats if b.batch_size == size), 0)
+
+    rows = len(next(iter(inputs.values())))
+    assert batches_of(after, rows) == batches_of(before, rows) + 1
+    assert all(b.compute_infer.ns > 0 for b in after.batch_stats)
+
+
+def test_bytes_and_bf16_are_refused(classify_server: RunningServer, model_repository: Path) -> None:
+    """Not in the datatype table: a request naming them is INVALID_ARGUMENT, not INTERNAL."""
+    stub = stub_for(classify_server)
+    width = len(model_json(model_repository, "mlp")["classify"]["features"])
+    for datatype, raw in (("BYTES", b"\x01\x00\x00\x00a" * width), ("BF16", b"\0\0" * width)):
+        request = pb.ModelInferRequest(model_name="mlp")
+        request.inputs.add(name="features", datatype=datatype, shape=[1, width])
+        request.raw_input_contents.append(raw)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, datatype
+        assert "model expects FP32" in (err.value.details() or "")
+
 
 def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
     from tests.server_harness import make_settings, running_server
@@ -225,3 +244,6 @@ def test_new_version_serves_by_default_and_old_stays_addressable(scratch_reposit
         assert stub.ModelInfer(request).model_version == "1"
         meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp"))
         assert list(meta.versions) == ["1", "2"]
+        # ModelConfig says what is served: every version (version_policy all).
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
+        assert config.version_policy.WhichOneof("policy_choice") == "all"

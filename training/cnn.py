@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import goldens, signatures
 from training.config import TrainConfig
 from training.data.digits import DigitsData, load_digits_data
 from training.recipe import Batch, Dataset, LossFn, Recipe
@@ -30,9 +31,6 @@ class CNNConfig(TrainConfig):
 
 class CNN(nn.Module):
     """FP32 (B, 1, 8, 8) pixels in 0..pixel_max -> 10 digit classes."""
-
-    input_names = ("image",)
-    output_names = ("probabilities", "logits")
 
     def __init__(self, config: CNNConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
@@ -120,4 +118,6 @@ RECIPE = Recipe(
     monitor="loss",
     monitor_mode="min",
     quality_bar=("accuracy", 0.97),
+    signature=signatures.image,
+    golden_cases=goldens.image,
 )

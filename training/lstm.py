@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training import goldens, signatures
 from training.recipe import Recipe
 from training.sequence import (
     SequenceConfig,
@@ -38,9 +39,6 @@ class LSTMConfig(SequenceConfig):
 
 
 class LSTMDetector(nn.Module):
-    input_names = ("tokens", "lengths")
-    output_names = ("sequence_probabilities", "position_scores")
-
     def __init__(self, config: LSTMConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.vocab_size, pad_id, self.unknown_id = vocabulary_info(metadata)
@@ -99,4 +97,6 @@ RECIPE = Recipe(
     evaluate=sequence_evaluate,
     monitor="f1",
     quality_bar=("f1", 0.95),
+    signature=signatures.token_sequence,
+    golden_cases=goldens.token_sequence,
 )

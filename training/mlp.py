@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training import perceptron
+from training import goldens, perceptron, signatures
 from training.config import TrainConfig
 from training.normalize import Standardize
 from training.recipe import Dataset, Extra, LossFn, Recipe
@@ -33,9 +33,6 @@ class MLPConfig(TrainConfig):
 
 
 class MLP(nn.Module):
-    input_names = ("features",)
-    output_names = ("probabilities", "logits")
-
     def __init__(self, config: MLPConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         if len(config.hidden) < 2:
@@ -100,5 +97,7 @@ RECIPE = Recipe(
     evaluate=classify_evaluate,
     monitor="accuracy",
     quality_bar=("accuracy", 0.97),
+    signature=signatures.tabular,
+    golden_cases=goldens.tabular,
     extra=baseline,
 )

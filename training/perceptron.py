@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import goldens, signatures
 from training.config import TrainConfig
 from training.data.loans import make_loans
 from training.metrics import accuracy, binary_prf
@@ -33,9 +36,6 @@ class PerceptronConfig(TrainConfig):
 
 class Perceptron(nn.Module):
     """score = w . standardize(x) + b; decision = step(score)."""
-
-    input_names = ("features",)
-    output_names = ("probabilities", "margin")
 
     def __init__(self, config: PerceptronConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
@@ -106,6 +106,18 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> dict[str, float
     }
 
 
+# Golden rows keep |margin| above this, so float noise on another device cannot flip
+# the step (the one-hot probabilities output).
+_MIN_ABS_MARGIN = 1e-2
+
+
+def clear_of_step(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Rows whose margin is not within float noise of the step."""
+    with torch.no_grad():
+        margin = model(torch.from_numpy(x))[1].numpy()[:, 0]
+    return x[np.abs(margin) >= _MIN_ABS_MARGIN]
+
+
 RECIPE = Recipe(
     name="perceptron",
     family="perceptron",
@@ -118,4 +130,6 @@ RECIPE = Recipe(
     evaluate=evaluate,
     monitor="accuracy",
     quality_bar=("accuracy", 0.95),
+    signature=functools.partial(signatures.tabular, second_output="margin", second_width=1),
+    golden_cases=functools.partial(goldens.tabular, keep=clear_of_step),
 )

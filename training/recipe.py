@@ -10,12 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.model import Signature
 from training.config import TrainConfig
+from training.goldens import GoldenSet
 
 # A split is a dict of equally long arrays, e.g. {"x": (N, 8), "y": (N,)}.
 Split = dict[str, np.ndarray]
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+# (model, signature, dataset, checkpoint metadata, seed) -> golden cases for export.
+GoldenCases = Callable[[nn.Module, Signature, "Dataset", dict[str, Any], int], GoldenSet]
 
 
 @dataclass(frozen=True)
@@ -48,5 +52,9 @@ class Recipe:
     evaluate: Callable[[nn.Module, Split, int], dict[str, float]]
     monitor: str  # validation metric for early stopping and best-epoch selection
     quality_bar: tuple[str, float]  # held-out metric and its minimum
+    # What export needs, so export has no per-family branches: the graph's signature
+    # (from the checkpoint's data metadata) and the golden cases it is checked on.
+    signature: Callable[[dict[str, Any]], Signature]
+    golden_cases: GoldenCases
     extra: Callable[[Any, Dataset, nn.Module], Extra] | None = None
     monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)

@@ -1,4 +1,4 @@
-"""Model name -> recipe. The five names are fixed by the design (DESIGN.md)."""
+"""Model name -> recipe: the five reference models (training.MODEL_NAMES)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import goldens, signatures
 from training.recipe import Recipe
 from training.sequence import (
     SequenceConfig,
@@ -112,9 +113,6 @@ def attention_bias(
 
 
 class TransformerDetector(nn.Module):
-    input_names = ("tokens", "lengths")
-    output_names = ("sequence_probabilities", "position_scores")
-
     def __init__(self, config: TransformerConfig, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.vocab_size, pad_id, self.unknown_id = vocabulary_info(metadata)
@@ -195,4 +193,6 @@ RECIPE = Recipe(
     evaluate=sequence_evaluate,
     monitor="f1",
     quality_bar=("f1", 0.95),
+    signature=signatures.token_sequence,
+    golden_cases=goldens.token_sequence,
 )

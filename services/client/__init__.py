@@ -227,6 +227,73 @@ def _description(pb: nnserve_pb2.DescribeModelResponse) -> ModelDescription:
     )
 
 
+def _tabular_request(
+    model: str, rows: Sequence[Mapping[str, float]] | np.ndarray, top_k: int, version: str
+) -> nnserve_pb2.ClassifyRequest:
+    return nnserve_pb2.ClassifyRequest(
+        model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
+    )
+
+
+def _images_request(
+    model: str, images: np.ndarray, top_k: int, version: str
+) -> nnserve_pb2.ClassifyRequest:
+    return nnserve_pb2.ClassifyRequest(
+        model_name=model, model_version=version, images=_images(images), top_k=top_k
+    )
+
+
+def _unknown_service(err: NNServeError) -> ServingStatus:
+    """Health Check answers NOT_FOUND for a service it does not know; anything else raises."""
+    if err.code == grpc.StatusCode.NOT_FOUND:
+        return ServingStatus.SERVICE_UNKNOWN
+    raise err
+
+
+def _classify_result(response: nnserve_pb2.ClassifyResponse) -> ClassifyResult:
+    return ClassifyResult(
+        model=response.model_name,
+        version=response.model_version,
+        labels=tuple(response.labels),
+        results=tuple(_classification(r) for r in response.results),
+    )
+
+
+def _sequence_request(
+    model: str,
+    sequences: Sequence[Sequence[str] | Sequence[int] | np.ndarray],
+    per_position: bool,
+    version: str,
+) -> tuple[nnserve_pb2.SequenceRequest, list[tuple]]:
+    """The request and each sequence's steps as sent (kept for the result)."""
+    encoded = [_sequence_input(s) for s in sequences]
+    request = nnserve_pb2.SequenceRequest(
+        model_name=model,
+        model_version=version,
+        sequences=[pb for pb, _ in encoded],
+        per_position=per_position,
+    )
+    return request, [steps for _, steps in encoded]
+
+
+def _sequence_result(response: nnserve_pb2.SequenceResponse, steps: list[tuple]) -> SequenceResult:
+    if len(response.results) != len(steps):
+        raise NNServeError(
+            grpc.StatusCode.INTERNAL,
+            f"server returned {len(response.results)} results for {len(steps)} sequences",
+        )
+    return SequenceResult(
+        model=response.model_name,
+        version=response.model_version,
+        labels=tuple(response.labels),
+        results=tuple(_sequence_scores(r, s) for r, s in zip(response.results, steps, strict=True)),
+    )
+
+
+def _serving_status(response: health_pb2.HealthCheckResponse) -> ServingStatus:
+    return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
 # ---------------------------------------------------------------- client
 
 PathLike = str | os.PathLike[str]
@@ -237,6 +304,27 @@ def _read(path: PathLike | None) -> bytes | None:
         return None
     with open(path, "rb") as f:
         return f.read()
+
+
+def _credentials(
+    tls: bool, ca: PathLike | None, cert: PathLike | None, key: PathLike | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials, or None for plaintext (shared by the blocking and asyncio clients)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both cert and key")
+    if not (tls or ca or cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
+
+
+def _tls_options(server_name: str | None) -> list[tuple[str, str]]:
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 def open_channel(
@@ -253,15 +341,10 @@ def open_channel(
     ``key``: the client certificate for mutual TLS; ``server_name``: the name to verify
     in the server certificate when it differs from the address (e.g. 127.0.0.1 inside a
     container whose certificate names the service)."""
-    if (cert is None) != (key is None):
-        raise ValueError("a client certificate needs both cert and key")
-    if not (tls or ca or cert):
+    credentials = _credentials(tls, ca, cert, key)
+    if credentials is None:
         return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
-    )
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.secure_channel(address, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options=_tls_options(server_name))
 
 
 class NNServeClient:
@@ -294,7 +377,7 @@ class NNServeClient:
             if channel is not None
             else open_channel(address, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name)
         )
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._metadata = _bearer(token)
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -325,29 +408,17 @@ class NNServeClient:
     ) -> ClassifyResult:
         """Classify tabular rows: feature-name -> value mappings (every feature, any
         order) or a (rows, features) array in the model's feature order."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, rows=_tabular_rows(rows), top_k=top_k
-        )
-        return self._classify(request)
+        return self._classify(_tabular_request(model, rows, top_k, version))
 
     def classify_images(
         self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
     ) -> ClassifyResult:
         """Classify images: (H, W) one image, (N, H, W) or (N, C, H, W) a batch. uint8
         means 0..255 pixels; float means pixels already in the model's range."""
-        request = nnserve_pb2.ClassifyRequest(
-            model_name=model, model_version=version, images=_images(images), top_k=top_k
-        )
-        return self._classify(request)
+        return self._classify(_images_request(model, images, top_k, version))
 
     def _classify(self, request: nnserve_pb2.ClassifyRequest) -> ClassifyResult:
-        response: nnserve_pb2.ClassifyResponse = self._call(self._predictor.Classify, request)
-        return ClassifyResult(
-            model=response.model_name,
-            version=response.model_version,
-            labels=tuple(response.labels),
-            results=tuple(_classification(r) for r in response.results),
-        )
+        return _classify_result(self._call(self._predictor.Classify, request))
 
     def score_sequences(
         self,
@@ -359,28 +430,8 @@ class NNServeClient:
     ) -> SequenceResult:
         """Score variable-length sequences of event names, token ids, or numeric
         (length, features) float arrays."""
-        encoded = [_sequence_input(s) for s in sequences]
-        request = nnserve_pb2.SequenceRequest(
-            model_name=model,
-            model_version=version,
-            sequences=[pb for pb, _ in encoded],
-            per_position=per_position,
-        )
-        response: nnserve_pb2.SequenceResponse = self._call(self._predictor.Sequence, request)
-        if len(response.results) != len(encoded):
-            raise NNServeError(
-                grpc.StatusCode.INTERNAL,
-                f"server returned {len(response.results)} results for {len(encoded)} sequences",
-            )
-        return SequenceResult(
-            model=response.model_name,
-            version=response.model_version,
-            labels=tuple(response.labels),
-            results=tuple(
-                _sequence_scores(r, steps)
-                for r, (_, steps) in zip(response.results, encoded, strict=True)
-            ),
-        )
+        request, steps = _sequence_request(model, sequences, per_position, version)
+        return _sequence_result(self._call(self._predictor.Sequence, request), steps)
 
     def describe(self, model: str, *, version: str = "") -> ModelDescription:
         request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
@@ -397,7 +448,5 @@ class NNServeClient:
                 self._health.Check, health_pb2.HealthCheckRequest(service=service)
             )
         except NNServeError as err:
-            if err.code == grpc.StatusCode.NOT_FOUND:
-                return ServingStatus.SERVICE_UNKNOWN
-            raise
-        return ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+            return _unknown_service(err)
+        return _serving_status(response)

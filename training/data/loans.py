@@ -36,7 +36,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("dependents", "count", "number of financial dependents"),
 )
 FEATURE_NAMES = [f.name for f in FEATURES]
-N_FEATURES = len(FEATURES)
 
 # Fixed reference scales for the linear rule (not fitted, so the rule is the same for
 # every seed and sample size).

@@ -1,25 +1,28 @@
-"""Model repository discovery: <root>/<name>/<version>/{model.onnx, model.json} -> ModelSpec.
+"""The model contract: <root>/<name>/<version>/{model.onnx, model.json} and what it means.
+
+One module, numpy only, for everyone who reads or writes the contract: tensor specs and
+the KServe v2 datatype table, the model.json reader and repository scan (services,
+bench, tests), golden cases in their JSON form and the one tolerance rule that golden
+outputs are checked by (export's parity gate, the services' load check, bench's GPU
+check). docs/model-json.md describes the file; export/model.schema.json is its schema.
 
 Discovery only: what exists and what model.json says. Loading sessions and deciding
-readiness is the registry's job.
+readiness is the services' job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.errors import ModelLoadError
-
-log = logging.getLogger(__name__)
-
-# KServe v2 datatype names <-> numpy dtypes (little-endian on the wire).
+# KServe v2 datatype names <-> numpy dtypes (little-endian on the wire). The datatypes a
+# model may declare; BYTES and BF16 have no numpy dtype and are not supported.
 V2_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -36,16 +39,50 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
 }
 NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
+# Golden tolerance when model.json states none (export writes these by default).
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded or failed its golden check (never reaches clients raw)."""
+
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     datatype: str  # KServe v2 name, e.g. FP32
     shape: tuple[int, ...]  # -1 for dynamic axes; axis 0 is the batch axis
+    # Names of the dynamic axes by index (ONNX symbolic dims); known at export only.
+    axis_names: dict[int, str] = field(default_factory=dict, compare=False)
 
     @property
     def dtype(self) -> np.dtype:
         return V2_TO_NUMPY[self.datatype]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.datatype, "shape": list(self.shape)}
+
+
+def tensor(name: str, datatype: str, *dims: int | str) -> TensorSpec:
+    """A tensor spec; a str dim is a named dynamic axis (-1 in model.json)."""
+    if datatype not in V2_TO_NUMPY:
+        raise ValueError(f"unsupported datatype {datatype!r}")
+    shape = tuple(-1 if isinstance(d, str) else d for d in dims)
+    axes = {i: d for i, d in enumerate(dims) if isinstance(d, str)}
+    return TensorSpec(name, datatype, shape, axes)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model family exports: its graph's inputs and outputs in order, the task
+    section of model.json ("classify" or "sequence" block) and the largest size each
+    named dynamic axis may take (axes not named here are bounded by the exporter)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    section: dict[str, Any]
+    axis_max: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,12 +156,6 @@ class ModelSpec:
                 return spec
         raise KeyError(name)
 
-    def output(self, name: str) -> TensorSpec:
-        for spec in self.outputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 def scan(root: Path) -> dict[str, list[int]]:
     """Model name -> sorted versions present (folders with an integer name and a model.json)."""
@@ -142,12 +173,88 @@ def scan(root: Path) -> dict[str, list[int]]:
     return found
 
 
-def _array(entry: dict[str, Any], dtype: np.dtype, where: str) -> np.ndarray:
+def versions(model_dir: Path) -> list[int]:
+    """Version folders of one model, with or without a model.json (export never reuses
+    a number); the same folder-name rule as scan."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(v.name)
+        for v in model_dir.iterdir()
+        if v.is_dir() and v.name.isdigit() and int(v.name) > 0
+    )
+
+
+def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """A raw KServe v2 tensor (little-endian, row-major) as a read-only view, no copy."""
+    return np.frombuffer(raw, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).reshape(tuple(shape))
+
+
+# ---------------------------------------------------------------- golden cases
+
+
+def _num(x: float) -> float:
+    # 9 significant digits round-trip any float32 exactly and keep model.json small.
+    return float(f"{x:.9g}")
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """An array in model.json form: {"shape": [...], "data": [row-major values]}."""
+    flat = a.reshape(-1)
+    data = [int(v) for v in flat] if a.dtype.kind in "iub" else [_num(float(v)) for v in flat]
+    return {"shape": list(a.shape), "data": data}
+
+
+def decode_array(entry: dict[str, Any], dtype: np.dtype, where: str = "array") -> np.ndarray:
+    """The inverse of encode_array; ModelLoadError when the data does not fill the shape."""
     data = np.asarray(entry["data"], dtype=dtype)
     shape = tuple(int(d) for d in entry["shape"])
     if data.size != int(np.prod(shape)):
         raise ModelLoadError(f"{where}: {data.size} values do not fill shape {list(shape)}")
     return data.reshape(shape)
+
+
+def case_to_json(case: GoldenCase) -> dict[str, Any]:
+    return {
+        "name": case.name,
+        "inputs": {k: encode_array(v) for k, v in case.inputs.items()},
+        "outputs": {k: encode_array(v) for k, v in case.outputs.items()},
+    }
+
+
+def cases_from_json(
+    cases: list[dict[str, Any]], tensors: tuple[TensorSpec, ...], where: str = "goldens"
+) -> tuple[GoldenCase, ...]:
+    dtypes = {t.name: t.dtype for t in tensors}
+
+    def arrays(entries: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: decode_array(v, dtypes[k], f"{where} {k}") for k, v in entries.items()}
+
+    return tuple(
+        GoldenCase(c.get("name", f"case{i}"), arrays(c["inputs"]), arrays(c["outputs"]))
+        for i, c in enumerate(cases)
+    )
+
+
+def worst(
+    actual: np.ndarray, golden: np.ndarray, atol: float, rtol: float
+) -> tuple[float, float, tuple[int, ...]]:
+    """The tolerance rule for goldens: |actual - golden| <= atol + rtol * |golden| elementwise
+    (NaN only where the golden is NaN). Returns (excess over the tolerance, |diff| there,
+    index) of the worst element; excess <= 0 passes. Shapes must be equal."""
+    a = actual.astype(np.float64)
+    g = golden.astype(np.float64)
+    if a.size == 0:
+        return 0.0, 0.0, (0,) * a.ndim
+    diff = np.abs(a - g)
+    excess = diff - (atol + rtol * np.abs(g))
+    excess = np.where(np.isnan(a) != np.isnan(g), np.inf, np.nan_to_num(excess, nan=0.0))
+    flat = int(np.argmax(excess))
+    index = tuple(int(i) for i in np.unravel_index(flat, excess.shape))
+    return float(excess.reshape(-1)[flat]), float(diff.reshape(-1)[flat]), index
+
+
+# ---------------------------------------------------------------- model.json reader
 
 
 def _tensors(entries: list[dict[str, Any]], where: str) -> tuple[TensorSpec, ...]:
@@ -193,7 +300,6 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
         )
     inputs = _tensors(doc["inputs"], where)
     outputs = _tensors(doc["outputs"], where)
-    dtypes = {t.name: t.dtype for t in inputs + outputs}
 
     classify = sequence = None
     task = doc["task"]
@@ -227,17 +333,8 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
         raise ModelLoadError(f"{where}: unknown task {task!r} (classify|sequence)")
 
     goldens_doc = doc.get("goldens") or {}
-    goldens = tuple(
-        GoldenCase(
-            name=case.get("name", f"case{i}"),
-            inputs={
-                k: _array(v, dtypes[k], f"{where} golden {k}") for k, v in case["inputs"].items()
-            },
-            outputs={
-                k: _array(v, dtypes[k], f"{where} golden {k}") for k, v in case["outputs"].items()
-            },
-        )
-        for i, case in enumerate(goldens_doc.get("cases", ()))
+    goldens = cases_from_json(
+        list(goldens_doc.get("cases", ())), inputs + outputs, f"{where} golden"
     )
     serving = doc.get("serving") or {}
     onnx_doc = doc["onnx"]
@@ -261,8 +358,8 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
             max_queue_delay_ms=float(serving.get("max_queue_delay_ms", 0.0)),
         ),
         goldens=goldens,
-        atol=float(goldens_doc.get("atol", 1e-4)),
-        rtol=float(goldens_doc.get("rtol", 1e-3)),
+        atol=float(goldens_doc.get("atol", DEFAULT_ATOL)),
+        rtol=float(goldens_doc.get("rtol", DEFAULT_RTOL)),
         metrics=doc.get("metrics") or {},
         model_json=text,
     )
