@@ -1,4 +1,5 @@
-"""The model contract: <root>/<name>/<version>/{model.onnx, model.json} and what it means.
+"""The model contract: <root>/<name>/<version>/{model.onnx, model.json} and what it means
+(plus step.onnx for sequence models that can score a stream event by event).
 
 One module, numpy only, for everyone who reads or writes the contract: tensor specs and
 the KServe v2 datatype table, the model.json reader and repository scan (services,
@@ -113,6 +114,32 @@ class SequenceSpec:
 
 
 @dataclass(frozen=True)
+class StateSpec:
+    """One state tensor of a step model: fed as `input`, returned updated as `output`,
+    filled with `initial` before a stream's first event."""
+
+    input: str
+    output: str
+    initial: float
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A sequence model's step graph (model.json "step"): one event per row plus the
+    state in, that event's score, the sequence score so far and the new state out."""
+
+    onnx_file: Path
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    token_input: str
+    position_score_output: str
+    sequence_scores_output: str
+    state: tuple[StateSpec, ...]
+    goldens: tuple[GoldenCase, ...]
+
+
+@dataclass(frozen=True)
 class GoldenCase:
     name: str
     inputs: dict[str, np.ndarray]
@@ -149,6 +176,7 @@ class ModelSpec:
     rtol: float
     metrics: dict[str, Any] = field(default_factory=dict)
     model_json: str = ""  # the file as read, for DescribeModel / ModelConfig
+    step: StepSpec | None = None  # sequence models that can score a stream event by event
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -338,6 +366,9 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
     )
     serving = doc.get("serving") or {}
     onnx_doc = doc["onnx"]
+    step = _step(doc["step"], directory, f"{where} step") if doc.get("step") else None
+    if step is not None and sequence is None:
+        raise ModelLoadError(f"{where}: a step model needs the sequence task")
     return ModelSpec(
         name=name,
         version=version,
@@ -362,4 +393,34 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
         rtol=float(goldens_doc.get("rtol", DEFAULT_RTOL)),
         metrics=doc.get("metrics") or {},
         model_json=text,
+        step=step,
+    )
+
+
+def _step(s: dict[str, Any], directory: Path, where: str) -> StepSpec:
+    inputs = _tensors(s["inputs"], where)
+    outputs = _tensors(s["outputs"], where)
+    in_names = {t.name for t in inputs}
+    out_names = {t.name for t in outputs}
+    state = tuple(
+        StateSpec(e["input"], e["output"], float(e.get("initial", 0.0))) for e in s["state"]
+    )
+    named_in = [s["token_input"], *(st.input for st in state)]
+    named_out = [
+        s["position_score_output"],
+        s["sequence_scores_output"],
+        *(st.output for st in state),
+    ]
+    if set(named_in) != in_names or not set(named_out) <= out_names:
+        raise ModelLoadError(f"{where}: token, score and state names do not match its tensors")
+    return StepSpec(
+        onnx_file=directory / s["onnx"]["file"],
+        sha256=s["onnx"]["sha256"],
+        inputs=inputs,
+        outputs=outputs,
+        token_input=s["token_input"],
+        position_score_output=s["position_score_output"],
+        sequence_scores_output=s["sequence_scores_output"],
+        state=state,
+        goldens=cases_from_json(list(s["goldens"]["cases"]), inputs + outputs, f"{where} golden"),
     )

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -75,9 +76,10 @@ def build(
     onnx_info: dict[str, Any],
     producer: dict[str, str],
     goldens: dict[str, Any],
+    step: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = checkpoint["data"]
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "name": checkpoint["name"],
         "version": version,
@@ -94,6 +96,22 @@ def build(
         "metrics": _metrics(checkpoint["metrics"]),
         "serving": dict(SERVING_DEFAULTS),
         "goldens": goldens,
+    }
+    if step is not None:
+        document["step"] = step
+    return document
+
+
+def step_section(
+    spec: Signature, onnx_info: dict[str, Any], cases: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """model.json's "step" block: the step graph's file, tensors, names and goldens."""
+    return {
+        "onnx": onnx_info,
+        "inputs": [t.to_json() for t in spec.inputs],
+        "outputs": [t.to_json() for t in spec.outputs],
+        **spec.section,
+        "goldens": {"cases": cases},
     }
 
 
@@ -135,8 +153,37 @@ def validate(manifest: dict[str, Any]) -> None:
         need(len(s["vocabulary"]) > s["pad_id"], "pad_id outside the vocabulary")
         unk = s["unknown_id"]
         need(unk is None or len(s["vocabulary"]) > unk, "unknown_id outside the vocabulary")
+    _check_cases(manifest["goldens"]["cases"], manifest["inputs"], manifest["outputs"], need)
+    step = manifest.get("step")
+    if step is not None:
+        need(manifest["task"] == "sequence", "a step model needs the sequence task")
+        step_in = {t["name"] for t in step["inputs"]}
+        step_out = {t["name"] for t in step["outputs"]}
+        states = step["state"]
+        need(
+            {step["token_input"], *(s["input"] for s in states)} == step_in,
+            "step: token_input and the state inputs must be exactly the step inputs",
+        )
+        need(
+            {step["position_score_output"], step["sequence_scores_output"]} <= step_out
+            and {s["output"] for s in states} <= step_out,
+            "step: score and state outputs must be step outputs",
+        )
+        need(step["onnx"]["file"] != manifest["onnx"]["file"], "step: needs its own onnx file")
+        _check_cases(step["goldens"]["cases"], step["inputs"], step["outputs"], need)
+
+
+def _check_cases(
+    cases: list[dict[str, Any]],
+    input_list: list[dict[str, Any]],
+    output_list: list[dict[str, Any]],
+    need: Callable[[bool, str], None],
+) -> None:
+    tensors = {t["name"]: t for t in (*input_list, *output_list)}
+    inputs = {t["name"] for t in input_list}
+    outputs = {t["name"] for t in output_list}
     seen: set[str] = set()
-    for case in manifest["goldens"]["cases"]:
+    for case in cases:
         need(case["name"] not in seen, f"duplicate golden case {case['name']!r}")
         seen.add(case["name"])
         need(set(case["inputs"]) == inputs, f"case {case['name']!r} must feed every input")

@@ -18,6 +18,7 @@ class ParityReport:
     batch_sizes: set[int] = field(default_factory=set)
     lengths: set[int] = field(default_factory=set)  # sequence lengths covered
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # per output
+    step_runs: int = 0  # step-graph runs compared with the full graph (stepping parity)
 
     def summary(self) -> str:
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs_diff.items())
@@ -26,7 +27,10 @@ class ParityReport:
             text += (
                 f", {len(self.lengths)} distinct lengths ({min(self.lengths)}..{max(self.lengths)})"
             )
-        return f"{text}; max |ort - torch|: {diffs}"
+        text = f"{text}; max |ort - torch|: {diffs}"
+        if self.step_runs:
+            text += f"; step model matches the full model over {self.step_runs} steps"
+        return text
 
 
 def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
@@ -124,3 +128,69 @@ def check_sequence_masking(
                 check_cases(session, spec, [alone], atol, rtol, model_name)
             except ParityError as exc:
                 raise ParityError(f"{exc} -- padding changed a real row's result") from exc
+
+
+def check_stepping(
+    full: ort.InferenceSession,
+    full_spec: Signature,
+    step: ort.InferenceSession,
+    step_spec: Signature,
+    cases: list[GoldenCase],
+    atol: float,
+    rtol: float,
+    model_name: str,
+) -> int:
+    """Feeding each sequence's events one by one through the step graph (all rows of a
+    case batched together) gives the full graph's per-position scores, and after each
+    row's last event its sequence score; so does every prefix the case is cut to.
+    Works from the contract's names only. Returns the number of step runs checked."""
+    seq, st = full_spec.section, step_spec.section
+    tokens_name, lengths_name = seq["tokens_input"], seq["lengths_input"]
+    step_names = [t.name for t in step_spec.outputs]
+    shapes = {t.name: t.shape[1:] for t in step_spec.inputs}
+    runs = 0
+
+    def fail(case: str, what: str, actual: np.ndarray, golden: np.ndarray) -> None:
+        excess, diff, index = worst(actual, golden, atol, rtol)
+        if excess > 0:
+            raise ParityError(
+                f"{model_name}: stepping parity failed in case {case!r}: {what} differs from "
+                f"the full model by {diff:.3g} at index {list(index)} (allowed atol {atol:g} "
+                f"+ rtol {rtol:g} x |full|)"
+            )
+
+    for case in cases:
+        tokens, lengths = case.inputs[tokens_name], case.inputs[lengths_name]
+        rows, t = tokens.shape
+        full_out = run_case(full, full_spec, case)
+        want_pos = full_out[seq["position_scores_output"]]
+        want_seq = full_out[seq["sequence_scores_output"]]
+        state = {
+            s["input"]: np.full((rows, *shapes[s["input"]]), s["initial"], dtype=np.float32)
+            for s in st["state"]
+        }
+        got_pos = np.zeros((rows, t), dtype=np.float32)
+        got_seq = np.zeros_like(want_seq)
+        prefixes = sorted({1, 2, max(1, t // 2), t})
+        for i in range(t):
+            feeds = {st["token_input"]: np.ascontiguousarray(tokens[:, i]), **state}
+            out = dict(zip(step_names, step.run(step_names, feeds), strict=True))
+            runs += 1
+            got_pos[:, i] = np.where(i < lengths, out[st["position_score_output"]], 0.0)
+            done = lengths == i + 1
+            got_seq[done] = out[st["sequence_scores_output"]][done]
+            state = {s["input"]: out[s["output"]] for s in st["state"]}
+            if i + 1 in prefixes and i + 1 < t:  # the verdict so far = the full model on the prefix
+                cut = {tokens_name: tokens[:, : i + 1], lengths_name: np.minimum(lengths, i + 1)}
+                names = [o.name for o in full_spec.outputs]
+                prefix = dict(zip(names, full.run(names, cut), strict=True))
+                live = lengths > i
+                fail(
+                    f"{case.name}[prefix {i + 1}]",
+                    "the running sequence score",
+                    out[st["sequence_scores_output"]][live],
+                    prefix[seq["sequence_scores_output"]][live],
+                )
+        fail(case.name, "the per-position scores", got_pos, want_pos)
+        fail(case.name, "the final sequence score", got_seq, want_seq)
+    return runs

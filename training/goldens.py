@@ -158,3 +158,41 @@ def token_sequence(
         ],
         extra=extra,
     )
+
+
+def initial_state(sig: Signature, rows: int) -> dict[str, np.ndarray]:
+    """A step model's state before the first event: each state tensor filled with the
+    initial value its step section declares."""
+    shapes = {t.name: t.shape[1:] for t in sig.inputs}
+    return {
+        s["input"]: np.full((rows, *shapes[s["input"]]), s["initial"], dtype=np.float32)
+        for s in sig.section["state"]
+    }
+
+
+@torch.no_grad()
+def token_sequence_step(
+    model: nn.Module, sig: Signature, data: Dataset, metadata: dict[str, Any], seed: int
+) -> GoldenSet:
+    """Step-model cases: the first event of 7 held-out runs from the initial state, and
+    the next event after PyTorch stepped them a few events (a state mid-stream)."""
+    tokens = data.test["tokens"]
+    token_name = sig.section["token_input"]
+    states = [(s["input"], s["output"]) for s in sig.section["state"]]
+    out_index = {t.name: i for i, t in enumerate(sig.outputs)}
+    model.eval()
+
+    def case_at(name: str, rows: slice, step: int) -> GoldenCase:
+        batch = tokens[rows]
+        state = initial_state(sig, len(batch))
+        for t in range(step):  # advance the state with PyTorch
+            outs = model(
+                torch.from_numpy(batch[:, t]), *(torch.from_numpy(state[i]) for i, _ in states)
+            )
+            state = {i: outs[out_index[o]].numpy() for i, o in states}
+        return reference(model, sig, name, {token_name: batch[:, step], **state})
+
+    return GoldenSet(
+        stored=[case_at("first_event_b1", slice(0, 1), 0), case_at("event4_b7", slice(1, 8), 4)],
+        extra=[case_at("first_event_b7", slice(8, 15), 0), case_at("event2_b64", slice(0, 64), 2)],
+    )

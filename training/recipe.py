@@ -40,6 +40,16 @@ class Extra:
 
 
 @dataclass(frozen=True)
+class StepRecipe:
+    """A sequence family's step model (one event plus its state in, scores plus the new
+    state out), exported beside the full model for streaming sessions."""
+
+    module: Callable[[nn.Module], nn.Module]  # trained full model -> step module
+    signature: Callable[[nn.Module, dict[str, Any]], Signature]  # (full model, metadata)
+    golden_cases: GoldenCases  # called with the step module and its signature
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str  # model name in the repository
     family: str  # perceptron|mlp|cnn|lstm|transformer
@@ -58,3 +68,4 @@ class Recipe:
     golden_cases: GoldenCases
     extra: Callable[[Any, Dataset, nn.Module], Extra] | None = None
     monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)
+    step: StepRecipe | None = None  # families that can score a stream event by event

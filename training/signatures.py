@@ -74,3 +74,38 @@ def token_sequence(metadata: dict[str, Any]) -> Signature:
         },
         axis_max={SEQUENCE_AXIS: max_length},
     )
+
+
+def lstm_step(
+    metadata: dict[str, Any], layers: int, hidden: int, running_max_initial: float
+) -> Signature:
+    """The LSTM step model: token (B,) + state -> position_score (B,),
+    sequence_probabilities (B, L) + the next state. The section is model.json's "step"
+    block: which tensors carry the event, the scores and each state's input -> output."""
+    b, n_labels = BATCH_AXIS, len(metadata["labels"])
+    states = (
+        ("h", (layers, hidden), 0.0),
+        ("c", (layers, hidden), 0.0),
+        ("pooled", (hidden,), running_max_initial),  # running max of the hidden states
+        ("peak", (1,), running_max_initial),  # running max of the position logits
+    )
+    return Signature(
+        inputs=(
+            tensor("token", "INT64", b),
+            *(tensor(name, "FP32", b, *dims) for name, dims, _ in states),
+        ),
+        outputs=(
+            tensor("position_score", "FP32", b),
+            tensor("sequence_probabilities", "FP32", b, n_labels),
+            *(tensor(f"{name}_next", "FP32", b, *dims) for name, dims, _ in states),
+        ),
+        section={
+            "token_input": "token",
+            "position_score_output": "position_score",
+            "sequence_scores_output": "sequence_probabilities",
+            "state": [
+                {"input": name, "output": f"{name}_next", "initial": initial}
+                for name, _, initial in states
+            ],
+        },
+    )
