@@ -531,3 +531,134 @@ class DescribeModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeModelResponse: _TypeAlias = DescribeModelResponse  # noqa: Y015
+
+@_typing.final
+class StreamRequest(_message.Message):
+    """---------------------------------------------------------------- Stream
+
+    The first message of a call opens a session (model_name) or resumes one (session_id);
+    later messages carry only events. Every message gets one StreamResponse.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """first message only: open a new session on this model"""
+    model_version: _builtins.str
+    """with model_name; empty: the highest ready version"""
+    session_id: _builtins.str
+    """first message only: resume this session instead"""
+    close: _builtins.bool
+    """end the session after this message (it cannot be resumed)"""
+    @_builtins.property
+    def token_ids(self) -> Global___TokenIds: ...
+    @_builtins.property
+    def tokens(self) -> Global___TokenStrings: ...
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        token_ids: Global___TokenIds | None = ...,
+        tokens: Global___TokenStrings | None = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "token_ids", b"token_ids", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "events", b"events", "model_name", b"model_name", "model_version", b"model_version", "session_id", b"session_id", "token_ids", b"token_ids", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_events: _TypeAlias = _typing.Literal["token_ids", "tokens"]  # noqa: Y015
+    _WhichOneofArgType_events: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_events) -> _WhichOneofReturnType_events | None: ...
+
+Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """0-based index of the event in the session"""
+    score: _builtins.float
+    """P(anomalous) of this event"""
+    label: _builtins.str
+    """the running sequence verdict after this event"""
+    index: _builtins.int
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """sequence scores after this event, one per model label"""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        score: _builtins.float = ...,
+        label: _builtins.str = ...,
+        index: _builtins.int = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "label", b"label", "position", b"position", "score", b"score", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEvent: _TypeAlias = StreamEvent  # noqa: Y015
+
+@_typing.final
+class StreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_SEEN_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """resume with this id within the session TTL"""
+    model_name: _builtins.str
+    model_version: _builtins.str
+    events_seen: _builtins.int
+    """events the session has scored so far"""
+    closed: _builtins.bool
+    """the session ended (close was asked)"""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the model's labels (first response only)"""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamEvent]:
+        """one per event of the request, in order"""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        events: _abc.Iterable[Global___StreamEvent] | None = ...,
+        events_seen: _builtins.int = ...,
+        closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "events", b"events", "events_seen", b"events_seen", "labels", b"labels", "model_name", b"model_name", "model_version", b"model_version", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015

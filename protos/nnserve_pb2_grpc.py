@@ -49,6 +49,11 @@ class PredictorStub:
                 request_serializer=protos_dot_nnserve__pb2.DescribeModelRequest.SerializeToString,
                 response_deserializer=protos_dot_nnserve__pb2.DescribeModelResponse.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/nnserve.v1.Predictor/Stream',
+                request_serializer=protos_dot_nnserve__pb2.StreamRequest.SerializeToString,
+                response_deserializer=protos_dot_nnserve__pb2.StreamResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -75,6 +80,14 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Score a stream of events with a sequence model that has a step graph (lstm): a
+        server-side session keeps the model's state, so each event costs one step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.DescribeModel,
                     request_deserializer=protos_dot_nnserve__pb2.DescribeModelRequest.FromString,
                     response_serializer=protos_dot_nnserve__pb2.DescribeModelResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=protos_dot_nnserve__pb2.StreamRequest.FromString,
+                    response_serializer=protos_dot_nnserve__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Predictor:
             '/nnserve.v1.Predictor/DescribeModel',
             protos_dot_nnserve__pb2.DescribeModelRequest.SerializeToString,
             protos_dot_nnserve__pb2.DescribeModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nnserve.v1.Predictor/Stream',
+            protos_dot_nnserve__pb2.StreamRequest.SerializeToString,
+            protos_dot_nnserve__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

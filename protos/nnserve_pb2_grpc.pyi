@@ -39,6 +39,10 @@ class PredictorStub:
     """Score variable-length sequences with a sequence model (lstm, transformer)."""
     DescribeModel: _grpc.UnaryUnaryMultiCallable[_nnserve_pb2.DescribeModelRequest, _nnserve_pb2.DescribeModelResponse]
     """Describe a model: task, labels, features, vocabulary, provider in use."""
+    Stream: _grpc.StreamStreamMultiCallable[_nnserve_pb2.StreamRequest, _nnserve_pb2.StreamResponse]
+    """Score a stream of events with a sequence model that has a step graph (lstm): a
+    server-side session keeps the model's state, so each event costs one step.
+    """
 
 @_typing.type_check_only
 class PredictorAsyncStub(PredictorStub):
@@ -49,6 +53,10 @@ class PredictorAsyncStub(PredictorStub):
     """Score variable-length sequences with a sequence model (lstm, transformer)."""
     DescribeModel: _aio.UnaryUnaryMultiCallable[_nnserve_pb2.DescribeModelRequest, _nnserve_pb2.DescribeModelResponse]  # type: ignore[assignment]
     """Describe a model: task, labels, features, vocabulary, provider in use."""
+    Stream: _aio.StreamStreamMultiCallable[_nnserve_pb2.StreamRequest, _nnserve_pb2.StreamResponse]  # type: ignore[assignment]
+    """Score a stream of events with a sequence model that has a step graph (lstm): a
+    server-side session keeps the model's state, so each event costs one step.
+    """
 
 class PredictorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,5 +82,15 @@ class PredictorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_nnserve_pb2.DescribeModelResponse, _abc.Awaitable[_nnserve_pb2.DescribeModelResponse]]:
         """Describe a model: task, labels, features, vocabulary, provider in use."""
+
+    @_abc_1.abstractmethod
+    def Stream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_nnserve_pb2.StreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nnserve_pb2.StreamResponse], _abc.AsyncIterator[_nnserve_pb2.StreamResponse]]:
+        """Score a stream of events with a sequence model that has a step graph (lstm): a
+        server-side session keeps the model's state, so each event costs one step.
+        """
 
 def add_PredictorServicer_to_server(servicer: PredictorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

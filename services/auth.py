@@ -74,7 +74,10 @@ _KSERVE_ADMIN = (
 METHOD_ROLES: dict[str, Role | None] = {
     **{f"/{_KSERVE}/{m}": Role.INFER for m in _KSERVE_INFER},
     **{f"/{_KSERVE}/{m}": Role.ADMIN for m in _KSERVE_ADMIN},
-    **{f"/{_PREDICTOR}/{m}": Role.INFER for m in ("Classify", "Sequence", "DescribeModel")},
+    **{
+        f"/{_PREDICTOR}/{m}": Role.INFER
+        for m in ("Classify", "Sequence", "DescribeModel", "Stream")
+    },
     f"/{_HEALTH}/Check": PUBLIC,
     f"/{_HEALTH}/Watch": PUBLIC,
     f"/{_REFLECTION}/ServerReflectionInfo": PUBLIC,

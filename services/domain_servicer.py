@@ -1,7 +1,9 @@
-"""nnserve.v1.Predictor: Classify, Sequence and DescribeModel over the shared data plane."""
+"""nnserve.v1.Predictor: Classify, Sequence, DescribeModel and Stream over the shared data
+plane (Stream's sessions: services/sessions.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
@@ -12,14 +14,16 @@ from services import codec
 from services.dataplane import DataPlane
 from services.kserve_servicer import deadline_of, described
 from services.readiness import Readiness
+from services.sessions import StreamService
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class PredictorServicer(npb_grpc.PredictorServicer):
-    def __init__(self, plane: DataPlane, readiness: Readiness) -> None:
+    def __init__(self, plane: DataPlane, readiness: Readiness, streams: StreamService) -> None:
         self._plane = plane
         self._readiness = readiness
+        self._streams = streams
 
     async def Classify(
         self, request: npb.ClassifyRequest, context: Context
@@ -59,3 +63,9 @@ class PredictorServicer(npb_grpc.PredictorServicer):
             ready=ready,
             model_json=spec.model_json,
         )
+
+    async def Stream(
+        self, requests: AsyncIterator[npb.StreamRequest], context: Context
+    ) -> AsyncIterator[npb.StreamResponse]:
+        async for response in self._streams.serve(requests, deadline_of(context)):
+            yield response

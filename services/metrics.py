@@ -116,6 +116,40 @@ class Metrics:
             ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
+        # Streaming sessions (services/sessions.py) and their step batches (stepping.py).
+        self.sessions_open = Gauge(
+            "nnserve_sessions_open", "Streaming sessions held (attached to a call or idle).",
+            ["model", "version"], registry=r, multiprocess_mode=live,
+        )  # fmt: skip
+        self.sessions_expired = Counter(
+            "nnserve_sessions_expired", "Streaming sessions dropped after the session TTL idle.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.session_events = Counter(
+            "nnserve_session_events", "Events scored in streaming sessions.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.step_batch_size = Histogram(
+            "nnserve_step_batch_size", "Session events per step-model run (one per session).",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_compute = Histogram(
+            "nnserve_step_compute_seconds", "ONNX Runtime run time per step batch.",
+            ["model", "version", "provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_queue_wait = Histogram(
+            "nnserve_step_queue_wait_seconds", "Time an event waits for its step batch.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_queue_depth = Gauge(
+            "nnserve_step_queue_depth", "Session events waiting for a step batch.",
+            ["model", "version"], registry=r, multiprocess_mode=live,
+        )  # fmt: skip
+        self.step_inflight = Gauge(
+            "nnserve_step_inflight_events", "Session events accepted and not yet scored.",
+            ["model", "version"], registry=r, multiprocess_mode=live,
+        )  # fmt: skip
+
         self.auth_failures = Counter(
             "nnserve_auth_failures", "Calls refused by token authentication or authorisation.",
             ["reason"], registry=r,
@@ -130,6 +164,19 @@ class Metrics:
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
             stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
+        )
+
+    def for_step(self, model: str, version: int, providers: tuple[str, ...]) -> ModelMetrics:
+        """Children for a model's step batcher (streaming sessions): its own series, so
+        step batches never mix with the full model's request batches."""
+        v = str(version)
+        return ModelMetrics(
+            queue_wait=self.step_queue_wait.labels(model, v),
+            compute={p: self.step_compute.labels(model, v, p) for p in providers},
+            batch_size=self.step_batch_size.labels(model, v),
+            queue_depth=self.step_queue_depth.labels(model, v),
+            inflight=self.step_inflight.labels(model, v),
+            stages=(),
         )
 
 

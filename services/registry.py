@@ -24,6 +24,7 @@ from services.merge import BatchLayout
 from services.metrics import Metrics
 from services.runtime import ModelSession, check_goldens, open_session, warm_up
 from services.settings import ServingConfig, Settings
+from services.stepping import Stepper, build_stepper, open_step
 from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class LoadedModel:
     domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
     load_seconds: float
     stats: InferStats = field(default_factory=InferStats)
+    stepper: Stepper | None = None  # the step graph, for streaming sessions (model.json step)
 
     @property
     def name(self) -> str:
@@ -71,6 +73,16 @@ class LoadedModel:
     @property
     def provider(self) -> str:
         return self.session.provider
+
+    @property
+    def busy(self) -> bool:
+        return self.batcher.busy or (self.stepper is not None and self.stepper.busy)
+
+    def close(self) -> None:
+        """Refuse new work (requests and session events); queued work still runs."""
+        self.batcher.close()
+        if self.stepper is not None:
+            self.stepper.close()
 
     @property
     def fallback_reason(self) -> str:
@@ -210,7 +222,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session = await asyncio.to_thread(self._open, name, version)
+            spec, config, session, step = await asyncio.to_thread(self._open, name, version)
         except ModelLoadError as exc:
             log.error("model %s/%d failed to load: %s", name, version, exc)
             self._set_state(mv, ModelState.FAILED, str(exc))
@@ -219,7 +231,7 @@ class ModelRegistry:
             log.exception("model %s/%d: unexpected load failure", name, version)
             self._set_state(mv, ModelState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
             return mv
-        mv.model = self._assemble(spec, config, session, time.perf_counter() - start)
+        mv.model = self._assemble(spec, config, session, time.perf_counter() - start, step)
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -227,7 +239,9 @@ class ModelRegistry:
         )  # fmt: skip
         return mv
 
-    def _open(self, name: str, version: int) -> tuple[ModelSpec, ServingConfig, ModelSession]:
+    def _open(
+        self, name: str, version: int
+    ) -> tuple[ModelSpec, ServingConfig, ModelSession, ModelSession | None]:
         spec = read_spec(self._settings.repository, name, version)
         config = self._settings.serving_config(name, spec.serving)
         max_batch = config.max_batch_size
@@ -240,10 +254,15 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, config, session
+        return spec, config, session, open_step(spec, config, self._settings)
 
     def _assemble(
-        self, spec: ModelSpec, config: ServingConfig, session: ModelSession, load_seconds: float
+        self,
+        spec: ModelSpec,
+        config: ServingConfig,
+        session: ModelSession,
+        load_seconds: float,
+        step: ModelSession | None = None,
     ) -> LoadedModel:
         """The one place a LoadedModel is built (with its batcher and metrics)."""
         name, v = spec.name, str(spec.version)
@@ -263,7 +282,14 @@ class ModelRegistry:
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
-        return LoadedModel(spec, config, session, batcher, DomainModel(spec), load_seconds)
+        stepper = None
+        if step is not None:
+            stepper = build_stepper(
+                spec, config, step, self._threads, self._metrics, self._settings.inference_threads
+            )
+        return LoadedModel(
+            spec, config, session, batcher, DomainModel(spec), load_seconds, stepper=stepper
+        )
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model; queued requests finish first."""
@@ -273,10 +299,10 @@ class ModelRegistry:
                 raise ModelNotFound(f"unknown model {shown(name)}")
             for mv in versions.values():
                 if mv.model is not None:
-                    mv.model.batcher.close()
+                    mv.model.close()
                 self._set_state(mv, ModelState.UNLOADING, "unloading")
             for mv in versions.values():
-                while mv.model is not None and mv.model.batcher.busy:
+                while mv.model is not None and mv.model.busy:
                     await asyncio.sleep(0.005)
                 # An unloaded model is not "not ready": drop its series so no alert fires.
                 with contextlib.suppress(KeyError):
@@ -288,7 +314,7 @@ class ModelRegistry:
         """Refuse new requests on every model; queued and running ones complete."""
         for mv in self.all_versions():
             if mv.model is not None:
-                mv.model.batcher.close()
+                mv.model.close()
 
     def busy(self) -> bool:
-        return any(mv.model is not None and mv.model.batcher.busy for mv in self.all_versions())
+        return any(mv.model is not None and mv.model.busy for mv in self.all_versions())

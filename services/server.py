@@ -32,6 +32,7 @@ from services.metrics import Metrics, exposition_registry, serve_metrics
 from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
 from services.security import CertificateReloader, server_credentials
+from services.sessions import SessionStore, StreamService, cancel
 from services.settings import Settings
 from services.tracing import Tracing
 from services.workers import InferenceThreads
@@ -75,6 +76,10 @@ class NNServeServer:
             self.registry, self.metrics, self.state, limits,
             stage_metrics=settings.stage_metrics, tracing=self.tracing,
         )  # fmt: skip
+        self.sessions = SessionStore(
+            settings.session_ttl_seconds, settings.max_sessions, self.metrics
+        )
+        self._sweeper: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -96,7 +101,12 @@ class NNServeServer:
             KServeServicer(self.plane, self.registry, self.readiness), self.server
         )
         nnserve_pb2_grpc.add_PredictorServicer_to_server(
-            PredictorServicer(self.plane, self.readiness), self.server
+            PredictorServicer(
+                self.plane,
+                self.readiness,
+                StreamService(self.plane, self.sessions, self.metrics, settings.max_stream_events),
+            ),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -154,6 +164,7 @@ class NNServeServer:
         )  # fmt: skip
         if s.ports_file is not None:
             write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
+        self._sweeper = asyncio.create_task(self.sessions.sweep_forever())
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:
             await self._loader
@@ -192,6 +203,7 @@ class NNServeServer:
                 break
             await asyncio.sleep(0.01)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
+        await cancel(self._sweeper)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     drain_grace_seconds: float = 10.0
     """On SIGTERM: NOT_SERVING, then this long for in-flight requests to finish."""
 
+    session_ttl_seconds: float = Field(default=300.0, gt=0)
+    """A streaming session not attached to a call is dropped after this long idle; resume
+    by id works within it (docs/operations.md "Streaming sessions")."""
+
+    max_sessions: int = Field(default=10_000, ge=1)
+    """Streaming sessions held at once, all models; opening more gets RESOURCE_EXHAUSTED."""
+
+    max_stream_events: int = Field(default=256, ge=1)
+    """Events one Stream message may carry; more get INVALID_ARGUMENT."""
+
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Mapping, Sequence
+import queue
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ __all__ = [
     "SequenceResult",
     "SequenceScores",
     "ServingStatus",
+    "StreamEventScore",
+    "StreamSession",
     "open_channel",
 ]
 
@@ -109,6 +112,17 @@ class SequenceResult:
     version: str
     labels: tuple[str, ...]
     results: tuple[SequenceScores, ...]  # in request order
+
+
+@dataclass(frozen=True)
+class StreamEventScore:
+    """One event scored in a streaming session."""
+
+    position: int  # 0-based index of the event in the session
+    event: str | int  # the event name or token id sent
+    score: float  # P(anomalous) of this event
+    label: str  # the running sequence verdict after this event
+    scores: tuple[float, ...]  # sequence scores after this event, one per model label
 
 
 @dataclass(frozen=True)
@@ -347,6 +361,82 @@ def open_channel(
     return grpc.secure_channel(address, credentials, options=_tls_options(server_name))
 
 
+class StreamSession:
+    """A streaming session on the server (nnserve.v1 Stream): send events, get each
+    event's score and the running verdict back. The server keeps the model's state, so
+    each event costs one model step. Resume it later by ``session_id`` (within the
+    server's session TTL) with :meth:`NNServeClient.resume_stream`."""
+
+    def __init__(
+        self,
+        stub: nnserve_pb2_grpc.PredictorStub,
+        first: nnserve_pb2.StreamRequest,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> None:
+        self._requests: queue.SimpleQueue[nnserve_pb2.StreamRequest | None] = queue.SimpleQueue()
+        self._requests.put(first)
+        # No deadline: a session's call lasts as long as the stream of events does.
+        self._call = stub.Stream(iter(self._requests.get, None), metadata=metadata)
+        self._responses: Iterator[nnserve_pb2.StreamResponse] = self._call
+        response = self._next()
+        self.session_id: str = response.session_id
+        self.model: str = response.model_name
+        self.version: str = response.model_version
+        self.labels: tuple[str, ...] = tuple(response.labels)
+        self.events_seen: int = response.events_seen
+        self._open = True
+
+    def _next(self) -> nnserve_pb2.StreamResponse:
+        try:
+            return next(self._responses)
+        except grpc.RpcError as err:
+            self._open = False
+            raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]
+        except StopIteration:
+            self._open = False
+            raise NNServeError(grpc.StatusCode.UNKNOWN, "the server ended the stream") from None
+
+    def send(self, events: Sequence[str] | Sequence[int]) -> list[StreamEventScore]:
+        """Score events in order (names or token ids, at most the server's
+        max_stream_events per call); returns one score per event."""
+        if not self._open:
+            raise NNServeError(grpc.StatusCode.FAILED_PRECONDITION, "the stream is closed")
+        request = nnserve_pb2.StreamRequest()
+        sent_events: list[str | int] = list(events)
+        if all(isinstance(e, int | np.integer) for e in events):
+            request.token_ids.ids.extend(int(e) for e in events)
+        else:
+            request.tokens.tokens.extend(str(e) for e in events)
+        self._requests.put(request)
+        response = self._next()
+        self.events_seen = response.events_seen
+        return [
+            StreamEventScore(e.position, sent, e.score, e.label, tuple(e.scores))
+            for e, sent in zip(response.events, sent_events, strict=True)
+        ]
+
+    def close(self, *, end_session: bool = False) -> None:
+        """End the call. ``end_session=True`` also ends the session on the server (its
+        slot is freed and it cannot be resumed); otherwise it stays resumable."""
+        if not self._open:
+            return
+        self._open = False
+        if end_session:
+            self._requests.put(nnserve_pb2.StreamRequest(close=True))
+        self._requests.put(None)  # half-close: the server ends the call once it let go
+        try:
+            for _ in self._responses:  # wait for that, so a resume finds the session free
+                pass
+        except grpc.RpcError as err:
+            raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class NNServeClient:
     """Blocking client for one nnserve process (classify or sequence service)."""
 
@@ -432,6 +522,16 @@ class NNServeClient:
         (length, features) float arrays."""
         request, steps = _sequence_request(model, sequences, per_position, version)
         return _sequence_result(self._call(self._predictor.Sequence, request), steps)
+
+    def stream(self, model: str, *, version: str = "") -> StreamSession:
+        """Open a streaming session on a sequence model with a step graph (lstm)."""
+        first = nnserve_pb2.StreamRequest(model_name=model, model_version=version)
+        return StreamSession(self._predictor, first, self._metadata)
+
+    def resume_stream(self, session_id: str) -> StreamSession:
+        """Continue a session whose call ended, with its state (NOT_FOUND once expired)."""
+        first = nnserve_pb2.StreamRequest(session_id=session_id)
+        return StreamSession(self._predictor, first, self._metadata)
 
     def describe(self, model: str, *, version: str = "") -> ModelDescription:
         request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
