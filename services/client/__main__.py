@@ -8,6 +8,8 @@
     python -m services.client digit cnn --sample 7          (scikit-learn's digits)
     python -m services.client logs lstm --events "http.request.received,auth.token.validated"
     python -m services.client logs lstm --file events.txt   (one event per line)
+    python -m services.client logs lstm --follow app.log    (or - for stdin: a streaming
+        session scores each line as it is appended and prints the anomalous ones)
 
 --address HOST:PORT (default $NNSERVE_ADDRESS, else 127.0.0.1:50051, or :50052 for
 `logs`), --timeout SECONDS and --json (machine-readable output) go before or after
@@ -27,7 +29,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from services.client import (
     NNServeError,
     SequenceResult,
     ServingStatus,
+    StreamEventScore,
 )
 from services.client.inputs import (
     InputError,
@@ -154,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = logs.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", help="comma-separated event names (or token ids)")
     source.add_argument("--file", type=Path, help="file with one event per line")
+    source.add_argument(
+        "--follow",
+        metavar="FILE",
+        help="score FILE's lines (one event per line) as they are appended, in a streaming "
+        "session; - reads stdin until EOF. Prints each anomalous event; stop with Ctrl-C",
+    )
     logs.add_argument(
         "--threshold",
         type=float,
@@ -286,6 +296,8 @@ def _digit(client: NNServeClient, opts: argparse.Namespace) -> int:
 
 
 def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
+    if opts.follow is not None:
+        return _follow(client, opts)
     if opts.file is not None:
         try:
             text = opts.file.read_text()
@@ -302,6 +314,96 @@ def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
         _emit_json({**data, "threshold": opts.threshold})
     else:
         _print_sequences(result, opts.threshold)
+    return EXIT_OK
+
+
+# Events per Stream message (the server's default max_stream_events is 256).
+FOLLOW_CHUNK = 64
+FOLLOW_POLL_S = 0.2
+
+
+def _appended_lines(source: str) -> Iterator[list[str]]:
+    """Complete lines as they arrive: stdin until EOF, or a file from its start and then
+    whatever is appended (like tail -f; a truncated file is read again from the start)."""
+    if source == "-":
+        while line := sys.stdin.readline():
+            yield [line]
+        return
+    try:
+        f = open(source, encoding="utf-8", errors="replace")  # noqa: SIM115 - held while following
+    except OSError as err:
+        raise InputError(f"{source}: {err.strerror}") from None
+    with f:
+        partial = ""
+        while True:
+            chunk = f.read()
+            if chunk:
+                text = partial + chunk
+                lines = text.split("\n")
+                partial = lines.pop()  # a line still being written
+                if lines:
+                    yield lines
+                continue
+            try:
+                if os.stat(source).st_size < f.tell():
+                    f.seek(0)
+                    partial = ""
+            except OSError:
+                pass  # rotated away: keep waiting for the name to come back
+            time.sleep(FOLLOW_POLL_S)
+
+
+def _print_anomaly(e: StreamEventScore, labels: tuple[str, ...], as_json: bool) -> None:
+    if as_json:
+        # One object per line (JSON Lines), printed as it happens.
+        record = dataclasses.asdict(e) | {"labels": list(labels)}
+        print(json.dumps(record), flush=True)
+    else:
+        best = max(e.scores) if e.scores else float("nan")
+        print(
+            f"anomaly  event {e.position}  {e.event}  score {e.score:.4f}   "
+            f"sequence: {e.label} ({best:.4f})",
+            flush=True,
+        )
+
+
+def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
+    """Stream FILE (or stdin) into a session; print anomalous events as they happen."""
+    described = client.describe(opts.model, version=opts.version)
+    vocabulary = set(described.vocabulary)
+    unknown_id = (described.model_json.get("sequence") or {}).get("unknown_id")
+    unknown = described.vocabulary[unknown_id] if isinstance(unknown_id, int) else None
+    session = client.stream(opts.model, version=opts.version)
+    if not opts.json:
+        print(
+            f"following {opts.follow} with {session.model}/{session.version} "
+            f"(session {session.session_id}); events scoring above {opts.threshold:g}:",
+            flush=True,
+        )
+    verdict = ""
+    try:
+        for lines in _appended_lines(opts.follow):
+            events = [ln.strip() for ln in lines]
+            events = [e for e in events if e and not e.startswith("#")]
+            # An event the model never saw is sent as its unknown token, when it has one.
+            events = [e if e in vocabulary or unknown is None else unknown for e in events]
+            for start in range(0, len(events), FOLLOW_CHUNK):
+                for scored in session.send(events[start : start + FOLLOW_CHUNK]):
+                    if scored.score > opts.threshold:
+                        _print_anomaly(scored, session.labels, opts.json)
+                    if scored.label != verdict and not opts.json:
+                        if verdict:
+                            print(
+                                f"sequence verdict: {scored.label} from event {scored.position}",
+                                flush=True,
+                            )
+                        verdict = scored.label
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close(end_session=True)
+    if not opts.json:
+        print(f"{session.events_seen} events scored", flush=True)
     return EXIT_OK
 
 
