@@ -114,7 +114,10 @@ def test_domain_service_rpcs() -> None:
         "Classify": ("ClassifyRequest", "ClassifyResponse"),
         "Sequence": ("SequenceRequest", "SequenceResponse"),
         "DescribeModel": ("DescribeModelRequest", "DescribeModelResponse"),
+        "Stream": ("StreamRequest", "StreamResponse"),
     }
+    stream = service.methods_by_name["Stream"]
+    assert stream.client_streaming and stream.server_streaming
 
 
 # ---------------------------------------------------------------- field numbers
