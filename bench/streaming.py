@@ -3,7 +3,8 @@
     python -m bench.streaming [--repository REPO] [--lengths 8,32,128,512] [--sessions 10000]
 
 For each length L: a streaming session scores L events one per message (each event one
-step of the step graph, batched across sessions when several arrive together), against
+step of the step graph, batched across sessions when several arrive together), and
+8 per message (the same steps, fewer messages), against
 the Sequence RPC re-scoring the whole window of L events, which is what each new event
 costs without server-side state. Reported per event: the server process's CPU time
 (user + system, from /proc, so the client's own cost is left out) and the client's
@@ -38,6 +39,7 @@ from protos import nnserve_pb2_grpc as npb_grpc
 from services.client import NNServeClient, NNServeError, StreamSession
 
 MODEL = "lstm"
+BATCHED = 8  # events per message in the second streaming column
 
 
 def build_repository(root: Path, max_length: int) -> Path:
@@ -72,13 +74,13 @@ def measure(service: Service, work: Callable[[], list[float]], events: int) -> t
     return spent / events * 1e6, statistics.median(latencies) * 1e3
 
 
-def streaming(client: NNServeClient, rows: list[list[int]]) -> list[float]:
+def streaming(client: NNServeClient, rows: list[list[int]], per_message: int = 1) -> list[float]:
     latencies = []
     for row in rows:
         with client.stream(MODEL) as session:
-            for token in row:
+            for i in range(0, len(row), per_message):
                 start = time.perf_counter()
-                session.send([token])
+                session.send(row[i : i + per_message])
                 latencies.append(time.perf_counter() - start)
         # the session stays until the TTL; the bench server's TTL is short
     return latencies
@@ -160,15 +162,17 @@ def main() -> None:
         rng = np.random.default_rng(7)
         vocab = len(spec.sequence.vocabulary)
         print(
-            f"lstm/{version} (max_length {max_length}); 1 server process, 1 client thread, "
-            f"events one per message; load average at start {load[0]:.2f} on "
+            f"lstm/{version} (max_length {max_length}); 1 server process, 1 client thread; "
+            f"load average at start {load[0]:.2f} on "
             f"{procstat.cpu_model()}\n"
         )
         print(
             "| length | stream: server CPU us/event | stream: client ms/event (median) "
-            "| re-score: server CPU us/event | re-score: client ms/call (median) | ratio |"
+            f"| stream, {BATCHED} events/message: server CPU us/event "
+            "| re-score: server CPU us/event | re-score: client ms/call (median) "
+            "| re-score / stream (server CPU) |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         with NNServeClient(service.address, timeout=60) as client:
             warm = [rng.integers(2, vocab, size=8).tolist() for _ in range(20)]
             streaming(client, warm[:4])
@@ -177,10 +181,11 @@ def main() -> None:
                 count = max(1, opts.events // n)
                 rows = [rng.integers(2, vocab, size=n).tolist() for _ in range(count)]
                 s_cpu, s_ms = measure(service, lambda r=rows: streaming(client, r), count * n)  # type: ignore[misc]
+                b_cpu, _ = measure(service, lambda r=rows: streaming(client, r, BATCHED), count * n)  # type: ignore[misc]
                 calls = max(50, min(400, opts.events // 4))
                 windows = [rng.integers(2, vocab, size=n).tolist() for _ in range(calls)]
                 r_cpu, r_ms = measure(service, lambda w=windows: rescoring(client, w), calls)  # type: ignore[misc]
-                print(f"| {n} | {s_cpu:.0f} | {s_ms:.2f} | {r_cpu:.0f} | {r_ms:.2f} | "
+                print(f"| {n} | {s_cpu:.0f} | {s_ms:.2f} | {b_cpu:.0f} | {r_cpu:.0f} | {r_ms:.2f} | "
                       f"{r_cpu / s_cpu:.1f}x |", flush=True)  # fmt: skip
         # Sessions held at once, and what they cost in memory.
         time.sleep(1.0)
