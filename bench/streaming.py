@@ -185,8 +185,9 @@ def main() -> None:
                 calls = max(50, min(400, opts.events // 4))
                 windows = [rng.integers(2, vocab, size=n).tolist() for _ in range(calls)]
                 r_cpu, r_ms = measure(service, lambda w=windows: rescoring(client, w), calls)  # type: ignore[misc]
-                print(f"| {n} | {s_cpu:.0f} | {s_ms:.2f} | {b_cpu:.0f} | {r_cpu:.0f} | {r_ms:.2f} | "
-                      f"{r_cpu / s_cpu:.1f}x |", flush=True)  # fmt: skip
+                cells = (n, f"{s_cpu:.0f}", f"{s_ms:.2f}", f"{b_cpu:.0f}", f"{r_cpu:.0f}",
+                         f"{r_ms:.2f}", f"{r_cpu / s_cpu:.1f}x")  # fmt: skip
+                print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         # Sessions held at once, and what they cost in memory.
         time.sleep(1.0)
         base = rss_mib(service)
