@@ -151,6 +151,7 @@ def model_config(
     provider: str,
     placement: dict[str, dict[int, float]] | None = None,
     fallback_reason: str = "",
+    parameters: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
     """Triton-style config: dims exclude the batch axis since every model batches."""
     config = mc.ModelConfig(
@@ -181,6 +182,8 @@ def model_config(
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
     config.parameters["device_policy"].string_value = serving.device_policy.value
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     if fallback_reason:  # the policy allowed CUDA, but the model runs on the CPU
         config.parameters["execution_provider_fallback"].string_value = fallback_reason
     for name, timings in (placement or {}).items():

@@ -97,8 +97,17 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
         model = described(self._readiness.describe(request.name, request.version))
+        measured = {
+            "inline_fast_path": "on" if model.batcher.inline else "off",
+            "single_row_compute_us": f"{model.single_row_seconds * 1e6:.1f}",
+        }
         config = codec.model_config(
-            model.spec, model.config, model.provider, model.session.placement, model.fallback_reason
+            model.spec,
+            model.config,
+            model.provider,
+            model.session.placement,
+            model.fallback_reason,
+            measured,
         )
         return pb.ModelConfigResponse(config=config)
 

@@ -103,6 +103,15 @@ class Metrics:
             "request): decode, queue, merge, compute, split, handoff, encode.",
             ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.inline_fast_path = Gauge(
+            "nnserve_inline_fast_path", "1 when small requests of the model may run inline "
+            "on the event loop (tiny measured compute), else 0.",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.inline_runs = Counter(
+            "nnserve_inline_runs", "Requests run inline on the event loop (fast path).",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r,
@@ -130,6 +139,7 @@ class Metrics:
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
             stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
+            inline_runs=self.inline_runs.labels(model, v),
         )
 
 
@@ -143,6 +153,7 @@ class ModelMetrics:
     queue_depth: Gauge
     inflight: Gauge
     stages: tuple[Histogram, ...]  # in STAGES order
+    inline_runs: Counter
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

@@ -22,7 +22,14 @@ from services.codec import DomainModel
 from services.errors import ModelNotFound, Unavailable, shown
 from services.merge import BatchLayout
 from services.metrics import Metrics
-from services.runtime import ModelSession, check_goldens, open_session, warm_up
+from services.runtime import (
+    CPU,
+    ModelSession,
+    check_goldens,
+    open_session,
+    single_row_seconds,
+    warm_up,
+)
 from services.settings import ServingConfig, Settings
 from services.workers import InferenceThreads
 
@@ -58,6 +65,7 @@ class LoadedModel:
     batcher: Batcher
     domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
     load_seconds: float
+    single_row_seconds: float  # median ORT time of a one-row request, measured at load
     stats: InferStats = field(default_factory=InferStats)
 
     @property
@@ -210,7 +218,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session = await asyncio.to_thread(self._open, name, version)
+            spec, config, session, single_row = await asyncio.to_thread(self._open, name, version)
         except ModelLoadError as exc:
             log.error("model %s/%d failed to load: %s", name, version, exc)
             self._set_state(mv, ModelState.FAILED, str(exc))
@@ -219,7 +227,7 @@ class ModelRegistry:
             log.exception("model %s/%d: unexpected load failure", name, version)
             self._set_state(mv, ModelState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
             return mv
-        mv.model = self._assemble(spec, config, session, time.perf_counter() - start)
+        mv.model = self._assemble(spec, config, session, time.perf_counter() - start, single_row)
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -227,7 +235,9 @@ class ModelRegistry:
         )  # fmt: skip
         return mv
 
-    def _open(self, name: str, version: int) -> tuple[ModelSpec, ServingConfig, ModelSession]:
+    def _open(
+        self, name: str, version: int
+    ) -> tuple[ModelSpec, ServingConfig, ModelSession, float]:
         spec = read_spec(self._settings.repository, name, version)
         config = self._settings.serving_config(name, spec.serving)
         max_batch = config.max_batch_size
@@ -240,13 +250,22 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, config, session
+        return spec, config, session, single_row_seconds(spec, session)
 
     def _assemble(
-        self, spec: ModelSpec, config: ServingConfig, session: ModelSession, load_seconds: float
+        self,
+        spec: ModelSpec,
+        config: ServingConfig,
+        session: ModelSession,
+        load_seconds: float,
+        single_row: float,
     ) -> LoadedModel:
         """The one place a LoadedModel is built (with its batcher and metrics)."""
         name, v = spec.name, str(spec.version)
+        # Inline fast path: a CPU model whose one-row run is tiny runs on the event loop
+        # when nothing else is in flight for it, saving two thread hand-offs.
+        limit = self._settings.inline_max_compute_us * 1e-6
+        inline = session.gpu_session is None and session.provider == CPU and single_row <= limit
         batcher = Batcher(
             f"{name}/{v}",
             session,
@@ -255,7 +274,9 @@ class ModelRegistry:
             self._metrics.for_model(name, spec.version, session.providers),
             config,
             max_in_flight=self._settings.inference_threads,
+            inline=inline,
         )
+        self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
         if session.fallback_reason is not None:
@@ -263,7 +284,9 @@ class ModelRegistry:
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
-        return LoadedModel(spec, config, session, batcher, DomainModel(spec), load_seconds)
+        return LoadedModel(
+            spec, config, session, batcher, DomainModel(spec), load_seconds, single_row
+        )
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model; queued requests finish first."""

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     max_connection_age_grace_seconds: float = 30.0
     """Time calls on an aged connection get to finish before it is closed."""
 
+    inline_max_compute_us: float = 50.0
+    """Run a request on the event loop, without the inference-thread hand-off, when its
+    model's one-row run measured at most this (microseconds, at load) and nothing else
+    is in flight for the model; 0 disables the inline fast path."""
+
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
