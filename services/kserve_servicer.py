@@ -19,7 +19,14 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from services import __version__, codec
 from services.batching import PhaseTotals
 from services.dataplane import DataPlane
-from services.errors import ModelNotFound, NotSupported, Unavailable, shown, status_of
+from services.errors import (
+    ModelNotFound,
+    NotSupported,
+    ServingError,
+    Unavailable,
+    shown,
+    status_of,
+)
 from services.readiness import Readiness
 from services.registry import LoadedModel, ModelRegistry, ModelVersion
 
@@ -222,6 +229,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def reader() -> None:
             try:
                 async for request in request_iterator:
+                    if self._runs_inline(request):  # completes without waiting: no task
+                        await one(request)
+                        continue
                     task = asyncio.create_task(one(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -242,6 +252,15 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             read_task.cancel()
             for task in pending:
                 task.cancel()
+
+    def _runs_inline(self, request: pb.ModelInferRequest) -> bool:
+        """Whether a stream request's model runs inline now (then it needs no task of its
+        own: it finishes before the next message is read, in order)."""
+        try:
+            model = self._registry.resolve(request.model_name, request.model_version)
+        except ServingError:
+            return False  # the task path answers with the error
+        return model.batcher.inline and not model.batcher.busy
 
     # ------------------------------------------------------------- not offered
 

@@ -65,6 +65,19 @@ def test_inline_runs_lone_requests_and_batches_under_concurrency(
                 np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6)
         assert _metric(server, "nnserve_inline_runs_total") - before == 16
 
+        # On a stream, inline requests are answered in order, with per-request errors.
+        requests = []
+        for i in range(20):
+            item = infer_request("mlp", inputs)
+            item.id = f"r{i}"
+            if i == 7:
+                item.model_version = "9"  # no such version: an error for this one only
+            requests.append(item)
+        answers = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+        assert [a.infer_response.id for a in answers] == [f"r{i}" for i in range(20)]
+        assert [bool(a.error_message) for a in answers] == [i == 7 for i in range(20)]
+        assert answers[7].error_message.startswith("NOT_FOUND")
+
 
 def test_inline_off_keeps_every_request_on_the_inference_threads(
     scratch_repository: Path,
