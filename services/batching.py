@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from services.adaptive import AdaptiveBatching
 from services.errors import DeadlineExpired, InvalidInput, QueueFull, ServingError, Unavailable
 from services.merge import BatchLayout
 from services.metrics import ModelMetrics, multiprocess_enabled
@@ -123,6 +124,7 @@ class Batcher:
         config: ServingConfig,
         max_in_flight: int,
         inline: bool = False,
+        adaptive: AdaptiveBatching | None = None,
     ) -> None:
         self.name = name
         self._runner = runner
@@ -132,6 +134,8 @@ class Batcher:
         self.config = config
         self._max_in_flight = max(1, max_in_flight)
         self.inline = inline  # may run a lone request on the event loop (see infer)
+        self.adaptive = adaptive  # closed-loop batch cap and queue delay (services.adaptive)
+        self._publish_knobs()
         self.stats = BatchStats()
         self.inflight = 0  # requests between decode and encode (the data plane counts them)
         self._queue: list[_Pending] = []  # a heap
@@ -219,12 +223,24 @@ class Batcher:
             if batch:
                 self._start(batch)
 
+    @property
+    def batch_cap(self) -> int:
+        return self.adaptive.batch_cap if self.adaptive else self.config.max_batch_size
+
+    @property
+    def queue_delay_s(self) -> float:
+        return self.adaptive.delay_s if self.adaptive else self.config.max_queue_delay_s
+
+    def _publish_knobs(self) -> None:
+        self.metrics.batch_cap.set(self.batch_cap)
+        self.metrics.queue_delay.set(self.queue_delay_s)
+
     def _should_wait(self) -> bool:
-        """Under load, let a partial batch wait up to max_queue_delay for more requests."""
-        delay = self.config.max_queue_delay_s
+        """Under load, let a partial batch wait up to the queue delay for more requests."""
+        delay = self.queue_delay_s
         if delay <= 0 or self._running == 0:
             return False
-        if sum(p.rows for p in self._queue) >= self.config.max_batch_size:
+        if sum(p.rows for p in self._queue) >= self.batch_cap:
             return False
         due = min(p.enqueued for p in self._queue) + delay
         remaining = due - time.monotonic()
@@ -256,8 +272,7 @@ class Batcher:
                 )
                 continue
             if batch and (
-                rows + head.rows > self.config.max_batch_size
-                or head.shape_key != batch[0].shape_key
+                rows + head.rows > self.batch_cap or head.shape_key != batch[0].shape_key
             ):
                 break
             self._pop()
@@ -341,6 +356,13 @@ class Batcher:
             for p, result in zip(outcome.ran, outcome.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+            if self.adaptive is not None and outcome.ran:
+                now = time.monotonic()
+                decisions = self.adaptive.decisions
+                for p in outcome.ran:
+                    self.adaptive.observe(now - p.enqueued)
+                if self.adaptive.decisions != decisions:
+                    self._publish_knobs()
             for p in batch:  # expired while waiting for an inference thread
                 if not p.future.done():
                     p.future.set_exception(

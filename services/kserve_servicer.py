@@ -108,6 +108,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             "inline_fast_path": "on" if model.batcher.inline else "off",
             "single_row_compute_us": f"{model.single_row_seconds * 1e6:.1f}",
         }
+        adaptive = model.batcher.adaptive
+        if adaptive is not None:  # closed-loop batching: the knobs as they are now
+            measured["latency_target_ms"] = f"{adaptive.target_s * 1e3:g}"
+            measured["adaptive_batch_cap"] = str(adaptive.batch_cap)
+            measured["adaptive_queue_delay_us"] = f"{adaptive.delay_s * 1e6:.0f}"
         config = codec.model_config(
             model.spec,
             model.config,

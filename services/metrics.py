@@ -112,6 +112,16 @@ class Metrics:
             "nnserve_inline_runs", "Requests run inline on the event loop (fast path).",
             ["model", "version"], registry=r,
         )  # fmt: skip
+        self.batch_cap = Gauge(
+            "nnserve_batch_cap", "Largest batch the batcher forms now (max_batch_size, or "
+            "the closed-loop controller's current cap).",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.queue_delay = Gauge(
+            "nnserve_queue_delay_seconds", "Longest a partial batch may wait for company now "
+            "(max_queue_delay, or the closed-loop controller's current delay).",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r,
@@ -140,6 +150,8 @@ class Metrics:
             inflight=self.inflight.labels(model, v),
             stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
             inline_runs=self.inline_runs.labels(model, v),
+            batch_cap=self.batch_cap.labels(model, v),
+            queue_delay=self.queue_delay.labels(model, v),
         )
 
 
@@ -154,6 +166,8 @@ class ModelMetrics:
     inflight: Gauge
     stages: tuple[Histogram, ...]  # in STAGES order
     inline_runs: Counter
+    batch_cap: Gauge
+    queue_delay: Gauge
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from contract.model import ModelLoadError, ModelSpec, read_spec, scan
+from services.adaptive import AdaptiveBatching
 from services.batching import Batcher
 from services.codec import DomainModel
 from services.errors import ModelNotFound, Unavailable, shown
@@ -275,6 +276,7 @@ class ModelRegistry:
             config,
             max_in_flight=self._settings.inference_threads,
             inline=inline,
+            adaptive=self._adaptive(config),
         )
         self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
@@ -286,6 +288,14 @@ class ModelRegistry:
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
         return LoadedModel(
             spec, config, session, batcher, DomainModel(spec), load_seconds, single_row
+        )
+
+    def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:
+        target_ms = self._settings.latency_target_ms
+        if target_ms is None:
+            return None
+        return AdaptiveBatching.start(
+            target_ms / 1000, config.max_batch_size, config.max_queue_delay_s
         )
 
     async def unload(self, name: str) -> None:

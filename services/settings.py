@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     model's one-row run measured at most this (microseconds, at load) and nothing else
     is in flight for the model; 0 disables the inline fast path."""
 
+    latency_target_ms: float | None = None
+    """Closed-loop batching: adjust each model's batch cap and queue delay under load to
+    hold this p99 (time in the batcher) while batching as much as it allows; off if unset."""
+
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
