@@ -10,8 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contract.model import ServingDefaults
-from services.names import is_model_name
+from contract.model import ServingDefaults, is_model_name
 from services.security import TLSFiles, is_loopback
 
 

@@ -24,10 +24,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contract.model import is_model_name, scan, version_number
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from services.names import is_model_name, version_number
-from services.repository import scan
 from tests.conftest import golden_inputs
 from tests.server_harness import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
@@ -142,7 +141,7 @@ def test_scan_skips_odd_folders_and_symlinks_out(
     model_repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repository = odd_repository(model_repository, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="services.repository"):
+    with caplog.at_level(logging.WARNING, logger="contract.model"):
         assert scan(repository) == {"mlp": [1], "perceptron": [1, 2]}
     warned = "\n".join(r.getMessage() for r in caplog.records)
     for odd in ("²", "①", "9" * 100, "/07'", "/0'", "/v2'", "/08'", "bad name", "escaped",
