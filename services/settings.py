@@ -248,6 +248,12 @@ class Settings(BaseSettings):
             if name != "*" and not is_model_name(name):
                 raise ValueError(f"models: {name[:40]!r} is not a valid model name")
         _ = self.versions  # a bad policy fails at start, not at the first load
+        if self.model_control is ModelControlMode.EXPLICIT and self.workers > 1:
+            # Each worker has its own models; a Load would reach only one of them.
+            raise ValueError(
+                "model_control explicit needs workers 1 (a Load reaches one worker); "
+                "use model_control poll with several workers"
+            )
         return self
 
     @property

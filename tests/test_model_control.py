@@ -116,6 +116,24 @@ def test_name_and_version_rules() -> None:
         assert version_number(bad) is None, bad
 
 
+def test_settings_refuse_what_model_control_cannot_do() -> None:
+    from pydantic import ValidationError
+
+    from services.settings import Settings
+
+    assert str(Settings(model_control="poll").versions) == "latest:1"
+    assert str(Settings(model_control="explicit").versions) == "all"
+    assert Settings(version_policy="latest:3").versions.latest == 3
+    for bad in (
+        {"version_policy": "latest:0"},
+        {"version_policy": "newest"},
+        {"models": ["../x"]},
+        {"model_control": "explicit", "workers": 2, "grpc_port": 50051},
+    ):
+        with pytest.raises(ValidationError):
+            Settings(**bad)  # type: ignore[arg-type]
+
+
 def odd_repository(model_repository: Path, tmp_path: Path) -> Path:
     """mlp and perceptron plus every kind of folder the scan must skip without failing."""
     repository = tmp_path / "repository"
