@@ -176,8 +176,11 @@ def model_config(
     gpu = provider.startswith("CUDA")
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(name=spec.name, kind=kind, count=1)
-    # Every version in the repository is loaded and addressable by number.
-    config.version_policy.all.SetInParent()
+    # The policy in force (settings.VersionPolicy): which versions are served.
+    if serving.version_policy.latest is None:
+        config.version_policy.all.SetInParent()
+    else:
+        config.version_policy.latest.num_versions = serving.version_policy.latest
     config.parameters["execution_provider"].string_value = provider
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task

@@ -27,6 +27,7 @@ from services.errors import (
     shown,
     status_of,
 )
+from services.model_control import ModelControl
 from services.readiness import Readiness
 from services.registry import LoadedModel, ModelRegistry, ModelVersion
 
@@ -63,10 +64,17 @@ def _phases(target: pb.InferBatchStatistics | pb.InferStatistics, totals: PhaseT
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, registry: ModelRegistry, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        registry: ModelRegistry,
+        readiness: Readiness,
+        control: ModelControl,
+    ) -> None:
         self._plane = plane
         self._registry = registry
         self._readiness = readiness
+        self._control = control  # the only way in to state-changing RPCs (Load/Unload)
 
     # ------------------------------------------------------------- health
 
@@ -169,19 +177,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        loaded = await self._registry.load(request.model_name)
-        failed = [mv for mv in loaded if not mv.ready]
-        if failed and not any(mv.ready for mv in loaded):
-            raise Unavailable(
-                f"model {request.model_name!r} failed to load: "
-                + "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
-            )
+        await self._control.load(request.model_name, request.parameters)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._registry.unload(request.model_name)
+        await self._control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------- inference

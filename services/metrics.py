@@ -76,6 +76,11 @@ class Metrics:
             "nnserve_model_ready", "1 when the model version is loaded, checked and serving.",
             ["model", "version"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
+        self.model_load_failures = Counter(
+            "nnserve_model_load_failures",
+            "Model version loads that failed (file, checksum, session, goldens, policy).",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
             "nnserve_model_load_seconds", "Load, golden check and warm-up time.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",

@@ -44,7 +44,7 @@ def test_health_not_serving_until_model_loads_then_serving_then_draining(
 ) -> None:
     empty = tmp_path / "repo"
     empty.mkdir()
-    settings = make_settings(empty, service="classify", models=["mlp"])
+    settings = make_settings(empty, service="classify", models=["mlp"], model_control="explicit")
     with running_server(settings) as server:
         assert health_status(server) == NOT_SERVING
         assert health_status(server, "mlp") == NOT_SERVING
@@ -57,7 +57,7 @@ def test_health_not_serving_until_model_loads_then_serving_then_draining(
         shutil.copytree(model_repository / "mlp", empty / "mlp")
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
-        time.sleep(0.05)  # health updates are applied by a task on the server loop
+        # Load answers after its health updates are applied: no sleep needed.
         assert health_status(server) == SERVING
         assert health_status(server, "mlp") == SERVING
         assert health_status(server, "inference.GRPCInferenceService") == SERVING
