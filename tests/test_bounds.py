@@ -99,7 +99,7 @@ def _held_burst(
     serves again."""
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        **limits,
+        inline_max_compute_us=0, **limits,
     )  # fmt: skip
     request = heavy_request(model_repository)
     with running_server(settings) as server:
