@@ -1,15 +1,21 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
 #   make test   the whole test suite
+#   make images         the serving and trainer images (docker build)
+#   make stack-test     the compose stacks built, started and checked in a Docker engine
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 REPOSITORY ?= model_repository
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Base image of the CPU images; any Debian-based Python 3.11 image works.
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick soak perf-analyzer gpu-check clean
+        protos bench bench-quick soak perf-analyzer gpu-check clean images image-serving \
+        image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -46,6 +52,25 @@ run: models            ## both services on 50051/50052 (metrics 9091/9092) until
 
 test: venv             ## the whole test suite
 	$(PY) -m pytest -q
+
+images: image-serving image-trainer   ## nnserve/serving and nnserve/trainer (docker build)
+
+image-serving:
+	docker build -f docker/serving.Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	    -t nnserve/serving:$(VERSION) .
+
+image-trainer:
+	docker build -f docker/trainer.Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	    -t nnserve/trainer:$(VERSION) .
+
+image-serving-gpu:     ## CUDA variant (onnxruntime-gpu)
+	docker build -f docker/serving-gpu.Dockerfile -t nnserve/serving-gpu:$(VERSION) .
+
+# Uses the running Docker engine, else starts a private dockerd (needs root, Debian's
+# docker.io and debootstrap); skips loudly where no engine can run, fails so in CI.
+stack-test: venv       ## compose stack + scale-out stack, built, started and checked
+	NNSERVE_STACK_TEST=1 nice -n 10 $(PY) -m pytest -q -s -rs -m stack \
+	    tests/test_compose_stack.py tests/test_compose_scale.py
 
 lint: venv
 	$(PY) -m ruff check .
