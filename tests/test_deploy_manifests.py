@@ -560,7 +560,7 @@ class ScrapeJobPrometheus(PrometheusServer):
 
 
 @pytest.fixture
-def scrape_job_with_fake_pods(tmp_path: Path) -> Iterator[tuple[dict[str, Any], int]]:
+def scrape_job_with_fake_pods() -> Iterator[tuple[dict[str, Any], int]]:
     """The Kubernetes scrape job with pod discovery replaced by two static "pods": one
     annotated for scraping (its port is a real exporter's), one not. Debian's Prometheus
     is built without Kubernetes discovery, so this is how its relabelling gets run."""
