@@ -30,7 +30,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_MODELS = {"classify": ("perceptron", "mlp", "cnn"), "sequence": ("lstm", "transformer")}
-_LISTENING = re.compile(r"gRPC on (\S+):(\d+), metrics on :(-?\d+)")
+_LISTENING = re.compile(r"gRPC (?:\(\w+\) )?on (\S+):(\d+), metrics on :(-?\d+)")
 
 
 class ServiceError(RuntimeError):
