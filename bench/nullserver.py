@@ -217,16 +217,18 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
     handlers = {
         "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),  # bytes in, bytes out
         "ModelMetadata": unary(lambda r: metadata, pb.ModelMetadataRequest),
-        "ModelConfig": unary(lambda r: pb.ModelConfigResponse(config=config),
-                             pb.ModelConfigRequest),  # fmt: skip
-        "ModelStatistics": unary(lambda r: pb.ModelStatisticsResponse(),
-                                 pb.ModelStatisticsRequest),  # fmt: skip
-        "ServerMetadata": unary(lambda r: pb.ServerMetadataResponse(name="noop", version="0"),
-                                pb.ServerMetadataRequest),  # fmt: skip
+        "ModelConfig": unary(
+            lambda r: pb.ModelConfigResponse(config=config), pb.ModelConfigRequest
+        ),
+        "ModelStatistics": unary(lambda r: pb.ModelStatisticsResponse(), pb.ModelStatisticsRequest),
+        "ServerMetadata": unary(
+            lambda r: pb.ServerMetadataResponse(name="noop", version="0"), pb.ServerMetadataRequest
+        ),
         "ServerLive": unary(lambda r: pb.ServerLiveResponse(live=True), pb.ServerLiveRequest),
         "ServerReady": unary(lambda r: pb.ServerReadyResponse(ready=True), pb.ServerReadyRequest),
-        "ModelReady": unary(lambda r: pb.ModelReadyResponse(ready=r.name == info.name),
-                            pb.ModelReadyRequest),  # fmt: skip
+        "ModelReady": unary(
+            lambda r: pb.ModelReadyResponse(ready=r.name == info.name), pb.ModelReadyRequest
+        ),
     }
     service = V2_INFER.lstrip("/").rpartition("/")[0]
     server = grpc.aio.server()

@@ -79,7 +79,9 @@ def write_triton_repository(root: Path, info: ModelInfo, batching: Batching) -> 
     return root
 
 
-def mlserver_settings(host: str, grpc_port: int, http_port: int, metrics_port: int) -> dict[str, Any]:
+def mlserver_settings(
+    host: str, grpc_port: int, http_port: int, metrics_port: int
+) -> dict[str, Any]:
     return {
         "host": host,
         "grpc_port": grpc_port,

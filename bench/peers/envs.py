@@ -52,7 +52,9 @@ ENVS = {
     ),
     # The wheel bundles the tritonserver binary, its libraries and the Python-backend
     # stubs; ONNX Runtime is for the Python-backend model.py.
-    "triton": EnvSpec("triton", ("nvidia-pytriton==0.7.0", ONNXRUNTIME), ("pytriton", "onnxruntime")),
+    "triton": EnvSpec(
+        "triton", ("nvidia-pytriton==0.7.0", ONNXRUNTIME), ("pytriton", "onnxruntime")
+    ),
 }
 
 
@@ -91,16 +93,20 @@ def _pip_install(python: Path, requirements: tuple[str, ...], name: str) -> None
                 log.info("[%s env] %s", name, line[:160])
         code = proc.wait()
     if code != 0:
-        text = "\n".join(tail)
-        missing = _NO_WHEEL.search(text)
-        if missing:
-            raise PeerUnavailable(
-                f"{name}: no installable wheel for {missing.group(1)} for Python "
-                f"{sys.version_info.major}.{sys.version_info.minor} on this platform "
-                "(pip: No matching distribution found)"
-            )
-        last = " | ".join(t for t in tail[-3:] if t)
-        raise PeerUnavailable(f"{name}: pip install failed (exit {code}): {last}")
+        raise PeerUnavailable(pip_failure(name, code, tail))
+
+
+def pip_failure(name: str, code: int, tail: list[str]) -> str:
+    """What went wrong, from the last lines pip printed: the missing wheel when that is it."""
+    missing = _NO_WHEEL.search("\n".join(tail))
+    if missing:
+        return (
+            f"{name}: no installable wheel for {missing.group(1)} for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} on this platform "
+            "(pip: No matching distribution found)"
+        )
+    last = " | ".join(t for t in tail[-3:] if t)
+    return f"{name}: pip install failed (exit {code}): {last}"
 
 
 def ensure(spec: EnvSpec, cache: Path = CACHE) -> PeerEnv:

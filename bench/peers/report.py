@@ -14,8 +14,8 @@ from bench.report import _fmt, _rows_table
 
 CLIENTS = {"bench": "bench (grpc.aio)", "perf_analyzer": "perf_analyzer"}
 HEADER = ["client", "server", "conc", "infer/s", "p50 ms", "p99 ms", "srv cores",
-          "cli cores", "srv us/req", "x nnserve infer/s", "x nnserve p50", "us/req / no-op", "rounds",
-          "errors"]  # fmt: skip
+          "cli cores", "srv us/req", "x nnserve infer/s", "x nnserve p50", "us/req / no-op",
+          "rounds", "errors"]  # fmt: skip
 
 
 def _ratio(a: Any, b: Any) -> str:
@@ -74,8 +74,9 @@ def table(doc: dict[str, Any]) -> str:
                             _fmt(p.get("server_us_per_request"), 0),
                             _ratio(p["inferences_per_s"], ours.get("inferences_per_s")),
                             _ratio(p["p50_ms"], ours.get("p50_ms")),
-                            _ratio(p.get("server_us_per_request"),
-                                   floor.get("server_us_per_request")),  # fmt: skip
+                            _ratio(
+                                p.get("server_us_per_request"), floor.get("server_us_per_request")
+                            ),
                             str(p.get("rounds", "-")),
                             str(p.get("error_count", "-")),
                         ]

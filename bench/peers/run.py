@@ -12,6 +12,7 @@ borrow the client's core and server CPU per request is not inflated by contentio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -30,8 +31,8 @@ from bench.peers.envs import PeerUnavailable
 from bench.peers.servers import (
     Running,
     start_mlserver,
-    start_noop,
     start_nnserve,
+    start_noop,
     start_triton,
 )
 from bench.runner import code_version, machine_context
@@ -97,10 +98,8 @@ def pin(pids: list[int], cpus: set[int]) -> None:
         except OSError:
             continue
         for tid in tids:
-            try:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
                 os.sched_setaffinity(tid, cpus)
-            except OSError:  # the thread ended meanwhile
-                pass
 
 
 # ---------------------------------------------------------------------- measuring
@@ -169,7 +168,7 @@ def pa_point(
     )  # fmt: skip
     wall = time.monotonic() - t0
     cores = (procstat.cpu_seconds(pids) - cpu0) / wall
-    p = points[0] if points else {"error": "no output"}
+    p: dict[str, Any] = points[0] if points else {"error": "no output"}
     if "error" in p:
         return {"error": str(p["error"])[:400]}
     ips = p["inferences_per_s"]

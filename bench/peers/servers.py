@@ -62,10 +62,8 @@ class Running:
         if self.process.poll() is None:
             tree = self.pids()
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
             for pid in reversed(tree):  # workers and stubs that outlived their parent
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -92,17 +90,14 @@ def wait_ready(server: Running, models: list[str], timeout_s: float = START_TIME
                 )
             try:
                 if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready and all(
-                    stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2).ready
-                    for m in models
+                    stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=2).ready for m in models
                 ):
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
     server.stop()
-    raise PeerUnavailable(
-        f"{server.name} not ready within {timeout_s:.0f} s:\n{server.log_tail()}"
-    )
+    raise PeerUnavailable(f"{server.name} not ready within {timeout_s:.0f} s:\n{server.log_tail()}")
 
 
 def _popen(cmd: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -209,7 +204,9 @@ def start_triton(
     # The stub runs the system libpython: the environment's packages come in on PYTHONPATH.
     child_env = {
         **os.environ,
-        "LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p),
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p
+        ),
         "PYTHONPATH": str(env.site_packages()),
         "PATH": f"{env.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -33,7 +33,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         feeds = {}
-        sizes = []
+        sizes: list[int] = []
         for name in self.inputs:
             parts = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
             feeds[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
