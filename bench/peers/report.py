@@ -147,8 +147,11 @@ def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
                     if pts:
                         ax.plot([p["concurrency"] for p in pts], [p[metric] for p in pts],
                                 style, color=f"C{i}",
-                                label=f"{LABELS[name]} ({CLIENTS[client]})")  # fmt: skip
+                                label=f"{LABELS[name]}, {CLIENTS[client]}")  # fmt: skip
             ax.set_xscale("log", base=2)
+            ax.set_xticks(
+                doc["options"]["concurrency"], [str(c) for c in doc["options"]["concurrency"]]
+            )
             ax.set_yscale("log")
             ax.set_xlabel("concurrency (requests in flight)")
             ax.set_title(label, fontsize=10)

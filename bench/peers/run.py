@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -317,6 +318,10 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         for by in started.values():
             for server in set(by.values()):
                 server.stop()
+        if all(v == "ok" for v in doc["status"].values()):
+            shutil.rmtree(work, ignore_errors=True)  # server logs stay when one failed
+        else:
+            log.info("server logs kept in %s", work)
     doc["points"] = [
         {"client": c, "server": s, "model": m, "concurrency": k, **median_of(v), "per_round": v}
         for (c, s, m, k), v in raw.items()
