@@ -164,26 +164,28 @@ def test_noop_floor_serves_and_is_measured(repository: Path, tmp_path: Path) -> 
     from bench.peers.servers import start_noop
 
     info = from_repository(repository, "mlp")
-    server = start_noop(repository, info, tmp_path)
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            request = pb.ModelInferRequest(model_name="mlp", id="req-7")
-            response = stub.ModelInfer(request, timeout=5)
-            assert response.id == "req-7"  # echoed for perf_analyzer's async mode
-            assert [o.name for o in response.outputs] == ["probabilities", "logits"]
-            assert len(response.raw_output_contents[0]) == 8  # 1 x 2 FP32
-            config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=5).config
-            assert config.max_batch_size == 48 and list(config.input[0].dims) == [4]
-        workload = build_workload(info, "v2", sample_rows(info, 4))
-        opts = PeerOptions(duration_s=0.5, warmup_s=0.2)
-        with LoadGenerator(1) as gen:
+    # The load process is spawned first (it imports grpc while the server starts), as in
+    # bench.peers.run; otherwise a busy machine can make it miss a short window.
+    with LoadGenerator(1) as gen:
+        server = start_noop(repository, info, tmp_path)
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                request = pb.ModelInferRequest(model_name="mlp", id="req-7")
+                response = stub.ModelInfer(request, timeout=5)
+                assert response.id == "req-7"  # echoed for perf_analyzer's async mode
+                assert [o.name for o in response.outputs] == ["probabilities", "logits"]
+                assert len(response.raw_output_contents[0]) == 8  # 1 x 2 FP32
+                config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=5).config
+                assert config.max_batch_size == 48 and list(config.input[0].dims) == [4]
+            workload = build_workload(info, "v2", sample_rows(info, 4))
+            opts = PeerOptions(duration_s=1.0, warmup_s=0.5)
             point = loadgen_point(gen, server, workload.payloads, workload.method, 2, opts)
-        assert point["requests"] > 0 and point["error_count"] == 0
-        assert point["response_check"] == "ok"
-        assert point["server_us_per_request"] > 0 and point["server_cores"] > 0
-    finally:
-        server.stop()
+            assert point["requests"] > 0 and point["error_count"] == 0
+            assert point["response_check"] == "ok"
+            assert point["server_us_per_request"] > 0 and point["server_cores"] > 0
+        finally:
+            server.stop()
     assert server.process.poll() is not None
 
 
