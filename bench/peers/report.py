@@ -156,7 +156,7 @@ def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
             ax.set_xlabel("concurrency (requests in flight)")
             ax.set_title(label, fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=7)
+        axes[1].legend(fontsize=7, loc="upper left")  # the emptiest corner
         pinning = doc.get("pinning")
         where = (
             f"client on CPU {pinning['client_cpus']}, servers on CPU {pinning['server_cpus']}"
