@@ -183,8 +183,9 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
     answer = noop_response(info)
 
     def tensors(items: Any, add: Any) -> None:
+        # A batch-only input ([-1], e.g. lengths) as nnserve and Triton report it: [-1, 1].
         for t in items:
-            add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+            add(name=t.name, datatype=t.datatype, shape=list(t.shape) if t.shape[1:] else [-1, 1])
 
     metadata = pb.ModelMetadataResponse(name=info.name, versions=["1"], platform="noop")
     tensors(info.inputs, metadata.inputs.add)
@@ -193,8 +194,10 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
     max_batch = int(info.doc.get("serving", {}).get("max_batch_size", 64))
     config = mc.ModelConfig(name=info.name, platform="noop", max_batch_size=max_batch)
     for t in info.inputs:
-        config.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),
-                         dims=list(t.shape[1:]) or [1])  # fmt: skip
+        tensor = config.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),
+                                  dims=list(t.shape[1:]) or [1])  # fmt: skip
+        if not t.shape[1:]:
+            tensor.reshape.SetInParent()  # dims [1], reshape []: sent as [B, 1]
     for t in info.outputs:
         config.output.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),
                           dims=list(t.shape[1:]) or [1])  # fmt: skip

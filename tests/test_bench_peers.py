@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import text_format
 
@@ -72,6 +73,10 @@ def test_triton_config_batch_only_input_uses_reshape() -> None:
     assert list(lengths.dims) == [1] and list(lengths.reshape.shape) == []
     assert list(config.input[0].dims) == [-1]
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    # ... and the client sends it as [B, 1], other inputs as they are.
+    row = {"tokens": np.zeros((1, 32), np.int64), "lengths": np.array([32], np.int64)}
+    (sent,) = configs.triton_rows(info, [row])
+    assert sent["lengths"].shape == (1, 1) and sent["tokens"].shape == (1, 32)
 
 
 def test_mlserver_settings(repository: Path, tmp_path: Path) -> None:

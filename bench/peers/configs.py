@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.workload import ModelInfo, TensorInfo
+from bench.workload import ModelInfo, Row, TensorInfo
 
 HERE = Path(__file__).resolve().parent
 TRITON_MODEL_PY = HERE / "triton_model.py"
@@ -48,6 +48,13 @@ def _triton_tensor(t: TensorInfo) -> str:
         f'{{ name: "{t.name}" data_type: TYPE_{t.datatype} '
         f"dims: [ {', '.join(str(d) for d in dims)} ]{extra} }}"
     )
+
+
+def triton_rows(info: ModelInfo, rows: list[Row]) -> list[Row]:
+    """The request rows as Triton's config declares them: a batch-only input ([B], e.g.
+    lengths) goes as [B, 1] (dims [1], reshape []); other inputs unchanged."""
+    flat = {t.name for t in info.inputs if not t.shape[1:]}
+    return [{k: v.reshape(-1, 1) if k in flat else v for k, v in row.items()} for row in rows]
 
 
 def triton_config(info: ModelInfo, batching: Batching) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import perf_analyzer, procstat
 from bench.loadgen import LoadGenerator
-from bench.peers import envs
+from bench.peers import configs, envs
 from bench.peers.envs import PeerUnavailable
 from bench.peers.servers import (
     Running,
@@ -251,7 +251,11 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         raise SystemExit(f"model repository {opts.repository} not found: run `make models`")
     infos = {m: from_repository(opts.repository, m) for m in opts.models}
     rows = {m: sample_rows(i, 16) for m, i in infos.items()}
-    workloads = {m: build_workload(i, "v2", rows[m]) for m, i in infos.items()}
+    workloads = {
+        (s, m): build_workload(i, "v2", rows[m]) for m, i in infos.items() for s in SERVERS
+    }
+    for m, i in infos.items():  # Triton takes batch-only inputs as [B, 1]
+        workloads[("triton", m)] = build_workload(i, "v2", configs.triton_rows(i, rows[m]))
     split = cpu_split() if opts.pin else None
     doc: dict[str, Any] = {
         "schema": 1,
@@ -295,7 +299,7 @@ def run(opts: PeerOptions) -> dict[str, Any]:
             for model, info in infos.items():
                 for conc in opts.concurrency:
                     for name in servers:
-                        wl = workloads[model]
+                        wl = workloads[(name, model)]
                         p = loadgen_point(gen, started[name][model], wl.payloads, wl.method,
                                           conc, opts)  # fmt: skip
                         raw.setdefault(("bench", name, model, conc), []).append(p)
