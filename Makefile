@@ -34,7 +34,7 @@ endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick soak perf-analyzer gpu-check fuzz clean images image-serving \
+        protos bench bench-quick bench-peers soak perf-analyzer gpu-check fuzz clean images image-serving \
         image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
@@ -114,6 +114,9 @@ bench: models          ## benchmark table, JSON and plots in bench/results/
 
 bench-quick: models    ## a one-minute smoke benchmark of the mlp
 	$(PY) -m bench --repository $(REPOSITORY) --quick --models mlp --concurrency 1,32
+
+bench-peers: models    ## mlp on the no-op gRPC floor, nnserve, MLServer and Triton (peer envs made on first use)
+	$(PY) -m bench.peers --repository $(REPOSITORY)
 
 soak: models           ## 10 minutes of load on the mlp: resident memory growth
 	$(PY) -m bench --repository $(REPOSITORY) --soak 600
