@@ -1,6 +1,8 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
 #   make test   lint, typecheck and the whole test suite (with the tools it needs)
+#   make images         the serving and trainer images (docker build)
+#   make stack-test     the compose stacks built, started and checked in a Docker engine
 # ORT=auto (default) installs onnxruntime-gpu where `nvidia-smi -L` lists a GPU, else the
 # CPU onnxruntime; ORT=gpu or ORT=cpu forces one (bench/ort_build.sh decides).
 SHELL := /bin/bash
@@ -8,6 +10,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 REPOSITORY ?= model_repository
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Base image of the CPU images; any Debian-based Python 3.11 image works.
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
 ORT ?= auto
 ORT_BUILD := $(shell sh bench/ort_build.sh '$(ORT)')
 ifeq ($(filter cpu gpu,$(ORT_BUILD)),)
@@ -29,7 +34,8 @@ endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick soak perf-analyzer gpu-check fuzz clean
+        protos bench bench-quick bench-peers soak perf-analyzer gpu-check fuzz clean images image-serving \
+        image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -74,6 +80,25 @@ test: venv lint typecheck  ## lint, typecheck, then every test (tests/tools.sh: 
 fuzz: venv             ## a long hypothesis run against real servers (FUZZ_EXAMPLES per test)
 	NNSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -s tests/test_fuzz.py
 
+images: image-serving image-trainer   ## nnserve/serving and nnserve/trainer (docker build)
+
+image-serving:
+	docker build -f docker/serving.Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	    -t nnserve/serving:$(VERSION) .
+
+image-trainer:
+	docker build -f docker/trainer.Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	    -t nnserve/trainer:$(VERSION) .
+
+image-serving-gpu:     ## CUDA variant (onnxruntime-gpu)
+	docker build -f docker/serving-gpu.Dockerfile -t nnserve/serving-gpu:$(VERSION) .
+
+# Uses the running Docker engine, else starts a private dockerd (needs root, Debian's
+# docker.io and debootstrap); skips loudly where no engine can run, fails so in CI.
+stack-test: venv       ## compose stack + scale-out stack, built, started and checked
+	NNSERVE_STACK_TEST=1 nice -n 10 $(PY) -m pytest -q -s -rs -m stack \
+	    tests/test_compose_stack.py tests/test_compose_scale.py
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -89,6 +114,9 @@ bench: models          ## benchmark table, JSON and plots in bench/results/
 
 bench-quick: models    ## a one-minute smoke benchmark of the mlp
 	$(PY) -m bench --repository $(REPOSITORY) --quick --models mlp --concurrency 1,32
+
+bench-peers: models    ## mlp on the no-op gRPC floor, nnserve, MLServer and Triton (peer envs made on first use)
+	$(PY) -m bench.peers --repository $(REPOSITORY)
 
 soak: models           ## 10 minutes of load on the mlp: resident memory growth
 	$(PY) -m bench --repository $(REPOSITORY) --soak 600

@@ -9,13 +9,17 @@ one load process saturates at about 1e6 / that value requests per second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from bench import procstat
-from bench.workload import V2_INFER
+from bench.workload import NUMPY_OF, V2_INFER, ModelInfo
 
 log = logging.getLogger("bench")
 
@@ -114,3 +118,150 @@ def measure_ceiling(
         if proc.is_alive():
             proc.terminate()
     return results
+
+
+# ---------------------------------------------------------------------- standalone no-op
+
+
+def noop_response(info: ModelInfo) -> bytes:
+    """What nnserve answers to one batch-1 request of this model (outputs as raw bytes,
+    zeros), serialized once: the no-op server returns these bytes to every ModelInfer."""
+    from protos import grpc_service_pb2 as pb
+
+    response = pb.ModelInferResponse(model_name=info.name, model_version="1")
+    for tensor in info.outputs:
+        shape = [1, *(d if d > 0 else 1 for d in tensor.shape[1:])]
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
+        size = int(np.prod(shape)) * np.dtype(NUMPY_OF[tensor.datatype]).itemsize
+        response.raw_output_contents.append(b"\0" * size)
+    return response.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def request_id(data: bytes) -> bytes:
+    """ModelInferRequest.id (field 3) from the wire bytes without parsing the message:
+    steps over the length-delimited fields 1 and 2 (model name, version) that precede it
+    when the client writes fields in order; b"" when there is none."""
+    pos = 0
+    while pos < len(data):
+        tag = data[pos]
+        field_number, wire_type = tag >> 3, tag & 7
+        if wire_type != 2 or field_number > 3:
+            return b""
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if field_number == 3:
+            return data[pos : pos + length]
+        pos += length
+    return b""
+
+
+async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -> None:
+    """A grpc.aio KServe v2 server whose ModelInfer does no work: the request stays bytes,
+    the response is fixed bytes. Metadata, config and readiness answer from `info`, so
+    perf_analyzer and readiness probes work; nothing else is served."""
+    import grpc
+
+    from protos import grpc_service_pb2 as pb
+    from protos import model_config_pb2 as mc
+
+    answer = noop_response(info)
+
+    def tensors(items: Any, add: Any) -> None:
+        # A batch-only input ([-1], e.g. lengths) as nnserve and Triton report it: [-1, 1].
+        for t in items:
+            add(name=t.name, datatype=t.datatype, shape=list(t.shape) if t.shape[1:] else [-1, 1])
+
+    metadata = pb.ModelMetadataResponse(name=info.name, versions=["1"], platform="noop")
+    tensors(info.inputs, metadata.inputs.add)
+    tensors(info.outputs, metadata.outputs.add)
+    # As nnserve reports it: batching model, dims without the batch axis.
+    max_batch = int(info.doc.get("serving", {}).get("max_batch_size", 64))
+    config = mc.ModelConfig(name=info.name, platform="noop", max_batch_size=max_batch)
+    for t in info.inputs:
+        tensor = config.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),
+                                  dims=list(t.shape[1:]) or [1])  # fmt: skip
+        if not t.shape[1:]:
+            tensor.reshape.SetInParent()  # dims [1], reshape []: sent as [B, 1]
+    for t in info.outputs:
+        config.output.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),
+                          dims=list(t.shape[1:]) or [1])  # fmt: skip
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        rid = request_id(request)
+        # perf_analyzer's async mode matches responses to requests by id: echo it.
+        return answer + b"\x1a" + _varint(len(rid)) + rid if rid else answer
+
+    def unary(fn: Any, request_type: Any) -> Any:
+        async def handler(request: Any, context: Any) -> Any:
+            return fn(request)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handler,
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda m: m.SerializeToString(),
+        )
+
+    handlers = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),  # bytes in, bytes out
+        "ModelMetadata": unary(lambda r: metadata, pb.ModelMetadataRequest),
+        "ModelConfig": unary(
+            lambda r: pb.ModelConfigResponse(config=config), pb.ModelConfigRequest
+        ),
+        "ModelStatistics": unary(lambda r: pb.ModelStatisticsResponse(), pb.ModelStatisticsRequest),
+        "ServerMetadata": unary(
+            lambda r: pb.ServerMetadataResponse(name="noop", version="0"), pb.ServerMetadataRequest
+        ),
+        "ServerLive": unary(lambda r: pb.ServerLiveResponse(live=True), pb.ServerLiveRequest),
+        "ServerReady": unary(lambda r: pb.ServerReadyResponse(ready=True), pb.ServerReadyRequest),
+        "ModelReady": unary(
+            lambda r: pb.ModelReadyResponse(ready=r.name == info.name), pb.ModelReadyRequest
+        ),
+    }
+    service = V2_INFER.lstrip("/").rpartition("/")[0]
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"no-op KServe v2 server for {info.name} on {host}:{bound}", flush=True)
+    if ready is not None:
+        ready(bound)
+    await server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.nullserver --repository DIR --model mlp [--port 0]`: serve until
+    SIGTERM; prints the bound port (the peers benchmark runs it as its floor)."""
+    import argparse
+    from pathlib import Path
+
+    from bench.workload import from_repository
+
+    p = argparse.ArgumentParser(prog="python -m bench.nullserver", description=main.__doc__)
+    p.add_argument("--repository", type=Path, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_noop(from_repository(args.repository, args.model), args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

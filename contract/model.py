@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # KServe v2 datatype names <-> numpy dtypes (little-endian on the wire). The datatypes a
 # model may declare; BYTES and BF16 have no numpy dtype and are not supported.
@@ -185,19 +189,60 @@ class ModelSpec:
         raise KeyError(name)
 
 
+# ---------------------------------------------------------------- names and paths
+
+# A model name is a folder name as export/model.schema.json defines an identifier,
+# bounded; a version is a positive number in canonical ASCII digits ("7", never "07",
+# "²", "①" or thousands of digits, which str.isdigit and int() accept or choke on).
+MAX_NAME_CHARS = 128
+MAX_VERSION_DIGITS = 18  # fits int64, as Triton's version numbers do
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_VERSION = re.compile(r"[1-9][0-9]*")  # re's [0-9] is ASCII only, unlike str.isdigit
+
+
+def is_model_name(name: str) -> bool:
+    """A folder name that can be a model: no '/', no '..', no leading '.', bounded."""
+    return len(name) <= MAX_NAME_CHARS and _NAME.fullmatch(name) is not None
+
+
+def version_number(text: str) -> int | None:
+    """The version a folder or request names, or None when it names none."""
+    if len(text) > MAX_VERSION_DIGITS or _VERSION.fullmatch(text) is None:
+        return None
+    return int(text)
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies within the repository root (resolved too)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # unreadable, or a symlink loop
+        return False
+
+
 def scan(root: Path) -> dict[str, list[int]]:
-    """Model name -> sorted versions present (folders with an integer name and a model.json)."""
+    """Model name -> sorted versions present (version folders holding a model.json).
+
+    Folder names that cannot be a model or a version, and folders that resolve outside
+    the root (symlinks out), are skipped with one warning each; names starting with '.'
+    are skipped silently (staging copies, editor files).
+    """
     found: dict[str, list[int]] = {}
     if not root.is_dir():
         return found
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        versions = sorted(
-            int(v.name)
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / "model.json").is_file()
-        )
+    for model_dir in sorted(p for p in _entries(root) if p.is_dir()):
+        if not is_model_name(model_dir.name) or not inside(root, model_dir):
+            _skip(model_dir, "not a valid model name, or outside the repository")
+            continue
+        versions = []
+        for v in (p for p in _entries(model_dir) if p.is_dir()):
+            number = version_number(v.name)
+            if number is None or not inside(root, v):
+                _skip(v, "not a version folder (1, 2, ... in ASCII digits) in the repository")
+            elif (v / "model.json").is_file():
+                versions.append(number)
         if versions:
-            found[model_dir.name] = versions
+            found[model_dir.name] = sorted(versions)
     return found
 
 
@@ -206,11 +251,25 @@ def versions(model_dir: Path) -> list[int]:
     a number); the same folder-name rule as scan."""
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(v.name)
-        for v in model_dir.iterdir()
-        if v.is_dir() and v.name.isdigit() and int(v.name) > 0
-    )
+    numbers = (version_number(v.name) for v in _entries(model_dir) if v.is_dir())
+    return sorted(n for n in numbers if n is not None)
+
+
+_skipped: set[Path] = set()  # warned about once each; bounded so polling cannot grow it
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return [p for p in directory.iterdir() if not p.name.startswith(".")]
+    except OSError as exc:
+        log.warning("model repository: cannot list %s: %s", directory, exc)
+        return []
+
+
+def _skip(path: Path, why: str) -> None:
+    if path not in _skipped and len(_skipped) < 1024:
+        _skipped.add(path)
+        log.warning("model repository: skipping %r: %s", str(path)[-200:], why)
 
 
 def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:

@@ -8,6 +8,10 @@ under load: with a slot free and another batch still running, a partial batch ma
 that long for company. Work whose deadline has passed is dropped before it runs.
 Merging, ONNX Runtime and splitting run on an inference thread, off the event loop.
 Every future is resolved: a failed batch fails only its own requests.
+
+Inline fast path: for a model whose one-row run measured tiny at load (registry), a
+one-row request that finds nothing queued or running for its model runs at once on the
+event loop, saving the two thread hand-offs that cost more than such a model's compute.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from services.adaptive import AdaptiveBatching
 from services.errors import DeadlineExpired, InvalidInput, QueueFull, ServingError, Unavailable
 from services.merge import BatchLayout
 from services.metrics import ModelMetrics, multiprocess_enabled
@@ -118,6 +123,8 @@ class Batcher:
         metrics: ModelMetrics,
         config: ServingConfig,
         max_in_flight: int,
+        inline: bool = False,
+        adaptive: AdaptiveBatching | None = None,
     ) -> None:
         self.name = name
         self._runner = runner
@@ -126,6 +133,9 @@ class Batcher:
         self.metrics = metrics
         self.config = config
         self._max_in_flight = max(1, max_in_flight)
+        self.inline = inline  # may run a lone request on the event loop (see infer)
+        self.adaptive = adaptive  # closed-loop batch cap and queue delay (services.adaptive)
+        self._publish_knobs()
         self.stats = BatchStats()
         self.inflight = 0  # requests between decode and encode (the data plane counts them)
         self._queue: list[_Pending] = []  # a heap
@@ -184,6 +194,15 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("deadline passed before the request was queued")
+        if (
+            self.inline
+            and rows == 1  # what was measured at load
+            and self.inflight <= 1
+            and not self._queue
+            and not self._running
+        ):
+            # Nothing to batch with: run now, on the loop, without two thread hand-offs.
+            return self._run_inline(inputs, rows, timing or Timing())
         padded = self._layout.padded_inputs
         pending = _Pending(
             due=math.inf if deadline is None else deadline,
@@ -210,12 +229,24 @@ class Batcher:
             if batch:
                 self._start(batch)
 
+    @property
+    def batch_cap(self) -> int:
+        return self.adaptive.batch_cap if self.adaptive else self.config.max_batch_size
+
+    @property
+    def queue_delay_s(self) -> float:
+        return self.adaptive.delay_s if self.adaptive else self.config.max_queue_delay_s
+
+    def _publish_knobs(self) -> None:
+        self.metrics.batch_cap.set(self.batch_cap)
+        self.metrics.queue_delay.set(self.queue_delay_s)
+
     def _should_wait(self) -> bool:
-        """Under load, let a partial batch wait up to max_queue_delay for more requests."""
-        delay = self.config.max_queue_delay_s
+        """Under load, let a partial batch wait up to the queue delay for more requests."""
+        delay = self.queue_delay_s
         if delay <= 0 or self._running == 0:
             return False
-        if sum(p.rows for p in self._queue) >= self.config.max_batch_size:
+        if sum(p.rows for p in self._queue) >= self.batch_cap:
             return False
         due = min(p.enqueued for p in self._queue) + delay
         remaining = due - time.monotonic()
@@ -247,8 +278,7 @@ class Batcher:
                 )
                 continue
             if batch and (
-                rows + head.rows > self.config.max_batch_size
-                or head.shape_key != batch[0].shape_key
+                rows + head.rows > self.batch_cap or head.shape_key != batch[0].shape_key
             ):
                 break
             self._pop()
@@ -260,6 +290,25 @@ class Batcher:
             batch.append(head)
             rows += head.rows
         return batch
+
+    def _run_inline(self, inputs: Tensors, rows: int, timing: Timing) -> Tensors:
+        start = time.perf_counter()
+        try:
+            outputs = self._runner.run(inputs)  # one request: merging is the identity
+        except Exception as exc:
+            log.error("model %s: inline run failed", self.name, exc_info=exc)
+            raise BatchFailed(
+                f"model {self.name!r} failed to run the batch: {type(exc).__name__}"
+            ) from None
+        elapsed = time.perf_counter() - start
+        self.metrics.compute[self._runner.provider_for(rows)].observe(elapsed)
+        self.metrics.batch_size.observe(rows)
+        self.metrics.inline_runs.inc()
+        self.metrics.queue_wait.observe(0.0)  # it waited for nothing, as Triton would count it
+        self.stats.queue_count += 1
+        self.stats.record(rows, 0.0, elapsed, 0.0)
+        timing.compute = elapsed
+        return dict(zip(self._runner.output_names, outputs, strict=True))
 
     def _start(self, batch: list[_Pending]) -> None:
         self._running += 1
@@ -315,6 +364,13 @@ class Batcher:
             for p, result in zip(outcome.ran, outcome.results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+            if self.adaptive is not None and outcome.ran:
+                now = time.monotonic()
+                decisions = self.adaptive.decisions
+                for p in outcome.ran:
+                    self.adaptive.observe(now - p.enqueued)
+                if self.adaptive.decisions != decisions:
+                    self._publish_knobs()
             for p in batch:  # expired while waiting for an inference thread
                 if not p.future.done():
                     p.future.set_exception(

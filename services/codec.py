@@ -151,6 +151,7 @@ def model_config(
     provider: str,
     placement: dict[str, dict[int, float]] | None = None,
     fallback_reason: str = "",
+    parameters: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
     """Triton-style config: dims exclude the batch axis since every model batches."""
     config = mc.ModelConfig(
@@ -175,12 +176,17 @@ def model_config(
     gpu = provider.startswith("CUDA")
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(name=spec.name, kind=kind, count=1)
-    # Every version in the repository is loaded and addressable by number.
-    config.version_policy.all.SetInParent()
+    # The policy in force (settings.VersionPolicy): which versions are served.
+    if serving.version_policy.latest is None:
+        config.version_policy.all.SetInParent()
+    else:
+        config.version_policy.latest.num_versions = serving.version_policy.latest
     config.parameters["execution_provider"].string_value = provider
     config.parameters["family"].string_value = spec.family
     config.parameters["task"].string_value = spec.task
     config.parameters["device_policy"].string_value = serving.device_policy.value
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     if fallback_reason:  # the policy allowed CUDA, but the model runs on the CPU
         config.parameters["execution_provider_fallback"].string_value = fallback_reason
     for name, timings in (placement or {}).items():

@@ -19,7 +19,15 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from services import __version__, codec
 from services.batching import PhaseTotals
 from services.dataplane import DataPlane
-from services.errors import ModelNotFound, NotSupported, Unavailable, shown, status_of
+from services.errors import (
+    ModelNotFound,
+    NotSupported,
+    ServingError,
+    Unavailable,
+    shown,
+    status_of,
+)
+from services.model_control import ModelControl
 from services.readiness import Readiness
 from services.registry import LoadedModel, ModelRegistry, ModelVersion
 
@@ -56,10 +64,17 @@ def _phases(target: pb.InferBatchStatistics | pb.InferStatistics, totals: PhaseT
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, registry: ModelRegistry, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        registry: ModelRegistry,
+        readiness: Readiness,
+        control: ModelControl,
+    ) -> None:
         self._plane = plane
         self._registry = registry
         self._readiness = readiness
+        self._control = control  # the only way in to state-changing RPCs (Load/Unload)
 
     # ------------------------------------------------------------- health
 
@@ -97,8 +112,22 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
         model = described(self._readiness.describe(request.name, request.version))
+        measured = {
+            "inline_fast_path": "on" if model.batcher.inline else "off",
+            "single_row_compute_us": f"{model.single_row_seconds * 1e6:.1f}",
+        }
+        adaptive = model.batcher.adaptive
+        if adaptive is not None:  # closed-loop batching: the knobs as they are now
+            measured["latency_target_ms"] = f"{adaptive.target_s * 1e3:g}"
+            measured["adaptive_batch_cap"] = str(adaptive.batch_cap)
+            measured["adaptive_queue_delay_us"] = f"{adaptive.delay_s * 1e6:.0f}"
         config = codec.model_config(
-            model.spec, model.config, model.provider, model.session.placement, model.fallback_reason
+            model.spec,
+            model.config,
+            model.provider,
+            model.session.placement,
+            model.fallback_reason,
+            measured,
         )
         return pb.ModelConfigResponse(config=config)
 
@@ -148,19 +177,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        loaded = await self._registry.load(request.model_name)
-        failed = [mv for mv in loaded if not mv.ready]
-        if failed and not any(mv.ready for mv in loaded):
-            raise Unavailable(
-                f"model {request.model_name!r} failed to load: "
-                + "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
-            )
+        await self._control.load(request.model_name, request.parameters)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._registry.unload(request.model_name)
+        await self._control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------- inference
@@ -213,6 +236,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def reader() -> None:
             try:
                 async for request in request_iterator:
+                    if self._runs_inline(request):  # completes without waiting: no task
+                        await one(request)
+                        continue
                     task = asyncio.create_task(one(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -233,6 +259,15 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             read_task.cancel()
             for task in pending:
                 task.cancel()
+
+    def _runs_inline(self, request: pb.ModelInferRequest) -> bool:
+        """Whether a stream request's model runs inline now (then it needs no task of its
+        own: it finishes before the next message is read, in order)."""
+        try:
+            model = self._registry.resolve(request.model_name, request.model_version)
+        except ServingError:
+            return False  # the task path answers with the error
+        return model.batcher.inline and not model.batcher.busy
 
     # ------------------------------------------------------------- not offered
 

@@ -76,6 +76,11 @@ class Metrics:
             "nnserve_model_ready", "1 when the model version is loaded, checked and serving.",
             ["model", "version"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
+        self.model_load_failures = Counter(
+            "nnserve_model_load_failures",
+            "Model version loads that failed (file, checksum, session, goldens, policy).",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
             "nnserve_model_load_seconds", "Load, golden check and warm-up time.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
@@ -102,6 +107,25 @@ class Metrics:
             "Where a successful inference request's time went, per stage (they sum to the "
             "request): decode, queue, merge, compute, split, handoff, encode.",
             ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inline_fast_path = Gauge(
+            "nnserve_inline_fast_path", "1 when small requests of the model may run inline "
+            "on the event loop (tiny measured compute), else 0.",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.inline_runs = Counter(
+            "nnserve_inline_runs", "Requests run inline on the event loop (fast path).",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.batch_cap = Gauge(
+            "nnserve_batch_cap", "Largest batch the batcher forms now (max_batch_size, or "
+            "the closed-loop controller's current cap).",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.queue_delay = Gauge(
+            "nnserve_queue_delay_seconds", "Longest a partial batch may wait for company now "
+            "(max_queue_delay, or the closed-loop controller's current delay).",
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
@@ -164,6 +188,9 @@ class Metrics:
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
             stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
+            inline_runs=self.inline_runs.labels(model, v),
+            batch_cap=self.batch_cap.labels(model, v),
+            queue_delay=self.queue_delay.labels(model, v),
         )
 
     def for_step(self, model: str, version: int, providers: tuple[str, ...]) -> ModelMetrics:
@@ -177,6 +204,9 @@ class Metrics:
             queue_depth=self.step_queue_depth.labels(model, v),
             inflight=self.step_inflight.labels(model, v),
             stages=(),
+            inline_runs=self.inline_runs.labels(model, v),  # never inline: stays 0
+            batch_cap=self.batch_cap.labels(model, v),
+            queue_delay=self.queue_delay.labels(model, v),
         )
 
 
@@ -190,6 +220,9 @@ class ModelMetrics:
     queue_depth: Gauge
     inflight: Gauge
     stages: tuple[Histogram, ...]  # in STAGES order
+    inline_runs: Counter
+    batch_cap: Gauge
+    queue_delay: Gauge
 
 
 def exposition_registry(metrics: Metrics) -> CollectorRegistry:

@@ -1,9 +1,11 @@
-"""Model lifecycle: load (session, golden check, warm-up), versions, unload.
+"""Model lifecycle: load (session, golden check, warm-up), versions, retire, unload.
 
-Discovery lives in repository.py; readiness rules in readiness.py. A loaded model is one
-immutable LoadedModel built here, in one place; a version record holds it beside its
-state. A version that fails to load or fails its goldens stays visible with state FAILED
-and the reason, and never serves.
+Discovery lives in repository.py; readiness rules in readiness.py; who may change the
+served models, and when, in model_control.py. A loaded model is one immutable
+LoadedModel built here, in one place; a version record holds it beside its state. A
+version that fails to load or fails its goldens stays visible with state FAILED and the
+reason, and never serves. Which versions serve follows the version policy (`_sync`); a
+version taken out of service is first made unresolvable, then drained (`_retire`).
 """
 
 from __future__ import annotations
@@ -15,19 +17,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from contract.model import ModelLoadError, ModelSpec, read_spec, scan
+from services.adaptive import AdaptiveBatching
 from services.batching import Batcher
 from services.codec import DomainModel
 from services.errors import ModelNotFound, Unavailable, shown
 from services.merge import BatchLayout
 from services.metrics import Metrics
-from services.runtime import ModelSession, check_goldens, open_session, warm_up
+from services.names import check_model_name, check_version, inside
+from services.runtime import (
+    CPU,
+    ModelSession,
+    check_goldens,
+    open_session,
+    single_row_seconds,
+    warm_up,
+)
 from services.settings import ServingConfig, Settings
 from services.stepping import Stepper, build_stepper, open_step
 from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
+
+
+Stamp = tuple[tuple[str, int, int, int], ...]
 
 
 class ModelState(StrEnum):
@@ -59,6 +74,7 @@ class LoadedModel:
     batcher: Batcher
     domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
     load_seconds: float
+    single_row_seconds: float  # median ORT time of a one-row request, measured at load
     stats: InferStats = field(default_factory=InferStats)
     stepper: Stepper | None = None  # the step graph, for streaming sessions (model.json step)
 
@@ -100,6 +116,7 @@ class ModelVersion:
     state: ModelState
     reason: str = ""
     model: LoadedModel | None = None  # set exactly when the load succeeded
+    stamp: Stamp = ()  # the version folder's files when loaded: poll retries on change
 
     @property
     def ready(self) -> bool:
@@ -107,6 +124,29 @@ class ModelVersion:
 
 
 StateListener = Callable[[ModelVersion], None]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What bringing one model in line with the repository did."""
+
+    name: str
+    failed: list[ModelVersion]  # versions this load tried and that did not become ready
+    serving: list[int]  # versions ready afterwards
+
+
+def _stamp(directory: Path) -> Stamp:
+    """(name, size, mtime, inode) of a version folder's files: changes when a file is
+    replaced, so poll mode retries a failed version only after it was fixed."""
+    files = []
+    try:
+        for path in directory.iterdir():
+            st = path.stat()
+            if path.is_file():
+                files.append((path.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    except OSError:
+        return ()
+    return tuple(sorted(files))
 
 
 class ModelRegistry:
@@ -152,18 +192,18 @@ class ModelRegistry:
 
     def record(self, name: str, version: str = "") -> ModelVersion:
         """The version record a request addresses, ready or not ("" = highest ready, else
-        highest); NOT_FOUND for an unknown model or version."""
+        highest); INVALID_ARGUMENT for a malformed name or version, NOT_FOUND for an
+        unknown one."""
         versions = self._models.get(name)
         if not versions:
+            check_model_name(name)
             served = ", ".join(self.names())
             raise ModelNotFound(f"unknown model {shown(name)}; served models: {served}")
         if not version:
             ready = [v for v in versions.values() if v.ready]
             return max(ready or versions.values(), key=lambda v: v.version)
-        # str.isdigit accepts '²' and '①'; only ASCII digits name a version.
-        valid = len(version) <= 18 and version.isascii() and version.isdigit()
-        number = int(version) if valid else None
-        if number is None or number not in versions:
+        number = check_version(version)
+        if number not in versions:
             raise ModelNotFound(
                 f"model {shown(name)} has no version {shown(version)}; "
                 f"versions: {', '.join(str(v) for v in sorted(versions))}"
@@ -184,54 +224,100 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def load(self, name: str) -> list[ModelVersion]:
-        """(Re)load every version of a model found in the repository."""
+    async def load(self, name: str, retry_failed: bool = True) -> SyncResult:
+        """Bring one model in line with the repository and the version policy: load the
+        versions the policy wants, retire (after draining) the ones it no longer wants.
+
+        NOT_FOUND when the repository has no such model (nothing is touched then).
+        """
+        check_model_name(name)
         async with self._lock:
             found = scan(self._settings.repository).get(name)
             if not found:
                 raise ModelNotFound(f"model {shown(name)} is not in the model repository")
-            loaded = []
-            for version in found:
-                current = self._models.get(name, {}).get(version)
-                if current is not None and current.ready:
-                    loaded.append(current)
-                    continue
-                loaded.append(await self._load_version(name, version))
-            return loaded
+            return await self._sync(name, found, retry_failed)
 
-    async def load_startup(self) -> None:
-        """Load the configured models ("*" = all in the repository); failures stay visible."""
+    async def sync_all(self, retry_failed: bool) -> None:
+        """Every configured model ("*": every one in the repository) in line with the
+        repository: new versions load, removed ones retire, a configured model that is
+        missing is listed as failed. Used at start and by poll mode."""
         wanted = self._settings.models or []
         found = scan(self._settings.repository)
-        names = sorted(found) if "*" in wanted else wanted
+        names = sorted(set(found) | set(self._models)) if "*" in wanted else wanted
         for name in names:
-            if name not in found:
-                mv = ModelVersion(name, 1, ModelState.LOADING)
-                self._models.setdefault(name, {})[1] = mv
-                self._set_state(
-                    mv, ModelState.FAILED, f"not found in the model repository ({name}/<version>/)"
-                )
-                log.error("model %s: not found in the repository", name)
-                continue
-            await self.load(name)
+            async with self._lock:
+                if name in found:
+                    await self._sync(name, found[name], retry_failed)
+                elif "*" in wanted:
+                    await self._retire_all(name)
+                else:
+                    await self._missing(name)
 
-    async def _load_version(self, name: str, version: int) -> ModelVersion:
-        mv = ModelVersion(name, version, ModelState.LOADING)
+    async def load_startup(self) -> None:
+        """Load the configured models; failures stay visible with their reason."""
+        await self.sync_all(retry_failed=True)
+
+    async def _sync(self, name: str, found: list[int], retry_failed: bool) -> SyncResult:
+        """Load the versions of `found` the policy wants; retire all others."""
+        policy = self._settings.versions
+        keep: set[int] = set()
+        failed: list[ModelVersion] = []
+        ready = 0
+        # Highest first: `latest:N` stops at N ready ones, so a broken new version is
+        # kept (listed, not ready) and the good older one goes on serving.
+        for version in sorted(found, reverse=True):
+            if policy.latest is not None and ready >= policy.latest:
+                break
+            keep.add(version)
+            mv = self.versions(name).get(version)
+            stamp = _stamp(self._settings.repository / name / str(version))
+            if mv is None or (
+                mv.state is ModelState.FAILED and (retry_failed or mv.stamp != stamp)
+            ):
+                mv = await self._load_version(name, version, stamp)
+                if not mv.ready:
+                    failed.append(mv)
+            ready += mv.ready
+        for mv in list(self.versions(name).values()):
+            if mv.version not in keep:
+                await self._retire(mv)
+        serving = sorted(v for v, mv in self.versions(name).items() if mv.ready)
+        return SyncResult(name, failed, serving)
+
+    async def _missing(self, name: str) -> None:
+        """A configured model the repository lacks: listed as failed, so it is reported."""
+        reason = f"not found in the model repository ({name}/<version>/)"
+        current = list(self.versions(name).values())
+        if current and all(mv.reason == reason for mv in current):
+            return  # already reported
+        for mv in current:
+            await self._retire(mv)
+        mv = ModelVersion(name, 1, ModelState.LOADING)
+        self._models.setdefault(name, {})[1] = mv
+        self._set_state(mv, ModelState.FAILED, reason)
+        log.error("model %s: not found in the repository", name)
+
+    async def _load_version(self, name: str, version: int, stamp: Stamp = ()) -> ModelVersion:
+        mv = ModelVersion(name, version, ModelState.LOADING, stamp=stamp)
         self._models.setdefault(name, {})[version] = mv
         self._set_state(mv, ModelState.LOADING)
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session, step = await asyncio.to_thread(self._open, name, version)
+            spec, config, session, single_row, step = await asyncio.to_thread(
+                self._open, name, version
+            )
         except ModelLoadError as exc:
-            log.error("model %s/%d failed to load: %s", name, version, exc)
-            self._set_state(mv, ModelState.FAILED, str(exc))
-            return mv
+            return self._failed(mv, str(exc))
+        except asyncio.CancelledError:  # server stopping: never leave a LOADING record
+            self._set_state(mv, ModelState.FAILED, "load cancelled")
+            raise
         except Exception as exc:
             log.exception("model %s/%d: unexpected load failure", name, version)
-            self._set_state(mv, ModelState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
-            return mv
-        mv.model = self._assemble(spec, config, session, time.perf_counter() - start, step)
+            return self._failed(mv, f"load failed: {type(exc).__name__}: {exc}")
+        mv.model = self._assemble(
+            spec, config, session, time.perf_counter() - start, single_row, step
+        )
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -239,10 +325,21 @@ class ModelRegistry:
         )  # fmt: skip
         return mv
 
+    def _failed(self, mv: ModelVersion, reason: str) -> ModelVersion:
+        log.error("model %s/%d failed to load: %s", mv.name, mv.version, reason)
+        self._metrics.model_load_failures.labels(mv.name).inc()
+        self._set_state(mv, ModelState.FAILED, reason)
+        return mv
+
     def _open(
         self, name: str, version: int
-    ) -> tuple[ModelSpec, ServingConfig, ModelSession, ModelSession | None]:
-        spec = read_spec(self._settings.repository, name, version)
+    ) -> tuple[ModelSpec, ServingConfig, ModelSession, float, ModelSession | None]:
+        root = self._settings.repository
+        if not inside(root, root / name / str(version) / "model.json"):
+            raise ModelLoadError("model.json resolves outside the model repository")
+        spec = read_spec(root, name, version)
+        if not inside(root, spec.onnx_file):
+            raise ModelLoadError(f"{spec.onnx_file.name} resolves outside the model repository")
         config = self._settings.serving_config(name, spec.serving)
         max_batch = config.max_batch_size
         session = open_session(
@@ -254,7 +351,10 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, config, session, open_step(spec, config, self._settings)
+        return (
+            spec, config, session, single_row_seconds(spec, session),
+            open_step(spec, config, self._settings),
+        )  # fmt: skip
 
     def _assemble(
         self,
@@ -262,10 +362,22 @@ class ModelRegistry:
         config: ServingConfig,
         session: ModelSession,
         load_seconds: float,
+        single_row: float,
         step: ModelSession | None = None,
     ) -> LoadedModel:
         """The one place a LoadedModel is built (with its batcher and metrics)."""
         name, v = spec.name, str(spec.version)
+        # The step batcher first: it publishes the static batch cap and queue delay, and
+        # the model's own batcher (adaptive or not) then publishes its own over them.
+        stepper = None
+        if step is not None:
+            stepper = build_stepper(
+                spec, config, step, self._threads, self._metrics, self._settings.inference_threads
+            )
+        # Inline fast path: a CPU model whose one-row run is tiny runs on the event loop
+        # when nothing else is in flight for it, saving two thread hand-offs.
+        limit = self._settings.inline_max_compute_us * 1e-6
+        inline = session.gpu_session is None and session.provider == CPU and single_row <= limit
         batcher = Batcher(
             f"{name}/{v}",
             session,
@@ -274,7 +386,10 @@ class ModelRegistry:
             self._metrics.for_model(name, spec.version, session.providers),
             config,
             max_in_flight=self._settings.inference_threads,
+            inline=inline,
+            adaptive=self._adaptive(config),
         )
+        self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
         if session.fallback_reason is not None:
@@ -282,33 +397,57 @@ class ModelRegistry:
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
-        stepper = None
-        if step is not None:
-            stepper = build_stepper(
-                spec, config, step, self._threads, self._metrics, self._settings.inference_threads
-            )
         return LoadedModel(
-            spec, config, session, batcher, DomainModel(spec), load_seconds, stepper=stepper
+            spec, config, session, batcher, DomainModel(spec), load_seconds, single_row,
+            stepper=stepper,
+        )  # fmt: skip
+
+    def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:
+        target_ms = self._settings.latency_target_ms
+        if target_ms is None:
+            return None
+        return AdaptiveBatching.start(
+            target_ms / 1000, config.max_batch_size, config.max_queue_delay_s
         )
 
     async def unload(self, name: str) -> None:
-        """Stop serving every version of a model; queued requests finish first."""
+        """Stop serving every version of a model; accepted requests finish first."""
+        check_model_name(name)
         async with self._lock:
-            versions = self._models.get(name)
-            if not versions:
+            if not self._models.get(name):
                 raise ModelNotFound(f"unknown model {shown(name)}")
-            for mv in versions.values():
-                if mv.model is not None:
-                    mv.model.close()
-                self._set_state(mv, ModelState.UNLOADING, "unloading")
-            for mv in versions.values():
-                while mv.model is not None and mv.model.busy:
-                    await asyncio.sleep(0.005)
-                # An unloaded model is not "not ready": drop its series so no alert fires.
-                with contextlib.suppress(KeyError):
-                    self._metrics.model_ready.remove(name, str(mv.version))
-            del self._models[name]
-            self._update_serving(name)
+            await self._retire_all(name)
+
+    async def _retire_all(self, name: str) -> None:
+        for mv in list(self._models.get(name, {}).values()):
+            await self._retire(mv)
+        self._models.pop(name, None)
+
+    async def _retire(self, mv: ModelVersion) -> None:
+        """Take a version out of service: unresolvable at once, then its accepted requests
+        (queued, running, being encoded) finish before it is gone."""
+        versions = self._models.get(mv.name, {})
+        versions.pop(mv.version, None)
+        if not versions:  # a name is listed only while it has versions
+            self._models.pop(mv.name, None)
+        mv.state, mv.reason = ModelState.UNLOADING, "retired"
+        self._update_serving(mv.name)  # new requests resolve elsewhere from here on
+        # A retired version is not "not ready": drop its series so no alert fires.
+        with contextlib.suppress(KeyError):
+            self._metrics.model_ready.remove(mv.name, str(mv.version))
+        for listener in self._listeners:
+            listener(mv)
+        model = mv.model
+        if model is None:
+            return
+        model.close()
+        deadline = time.monotonic() + self._settings.drain_grace_seconds
+        while model.busy or model.batcher.inflight > 0:
+            if time.monotonic() > deadline:
+                log.warning("model %s/%d: retired with requests still running", mv.name, mv.version)
+                break
+            await asyncio.sleep(0.005)
+        log.info("model %s/%d retired", mv.name, mv.version)
 
     def drain(self) -> None:
         """Refuse new requests on every model; queued and running ones complete."""

@@ -317,3 +317,17 @@ def warm_up(spec: ModelSpec, model: ModelSession, batch_sizes: tuple[int, ...]) 
         feeds = {k: np.repeat(v[:1], n, axis=0) for k, v in case.inputs.items()}
         model.run(feeds)
     return time.perf_counter() - start
+
+
+def single_row_seconds(spec: ModelSpec, model: ModelSession, runs: int = 21) -> float:
+    """Median ONNX Runtime time of one single-row request (the first golden row), after
+    warm-up: what decides whether the inline fast path pays (registry)."""
+    if not spec.goldens:
+        return float("inf")
+    feeds = {k: np.ascontiguousarray(v[:1]) for k, v in spec.goldens[0].inputs.items()}
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.run(feeds)
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))

@@ -29,6 +29,7 @@ from services.domain_servicer import PredictorServicer
 from services.interceptors import ErrorAndMetricsInterceptor
 from services.kserve_servicer import KServeServicer
 from services.metrics import Metrics, exposition_registry, serve_metrics
+from services.model_control import ModelControl
 from services.readiness import Readiness, ServerState
 from services.registry import ModelRegistry, ModelVersion
 from services.security import CertificateReloader, server_credentials
@@ -81,6 +82,7 @@ class NNServeServer:
         )
         self._sweeper: asyncio.Task[None] | None = None
         self.health = HealthServicer()
+        self.control = ModelControl(settings, self.registry, self._health_settled)
         self.grpc_port = 0
         self.metrics_port = 0
         self._metrics_http: Any = None
@@ -98,7 +100,8 @@ class NNServeServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.plane, self.registry, self.readiness), self.server
+            KServeServicer(self.plane, self.registry, self.readiness, self.control),
+            self.server,
         )
         nnserve_pb2_grpc.add_PredictorServicer_to_server(
             PredictorServicer(
@@ -127,8 +130,14 @@ class NNServeServer:
         self._health_tasks.add(task)
         task.add_done_callback(self._health_tasks.discard)
 
+    async def _health_settled(self) -> None:
+        """Wait for the health updates already scheduled (after a Load, before it answers)."""
+        while self._health_tasks:
+            await asyncio.gather(*self._health_tasks)
+
     def _on_model_state(self, mv: ModelVersion) -> None:
-        ready = self.readiness.model_ready(mv.name)
+        # A model whose last version was retired has no record left: not serving.
+        ready = bool(self.registry.versions(mv.name)) and self.readiness.model_ready(mv.name)
         self._set_health(mv.name, SERVING if ready else NOT_SERVING)
         self._update_overall()
 
@@ -173,6 +182,7 @@ class NNServeServer:
         start = time.perf_counter()
         await self.registry.load_startup()
         self.state.started = True
+        self.control.start()  # poll mode: watch the repository from here on
         self._update_overall()
         ready = [f"{mv.name}/{mv.version}" for mv in self.registry.all_versions() if mv.ready]
         log.info("ready in %.2fs: %s", time.perf_counter() - start, ", ".join(ready) or "no models")
@@ -186,6 +196,7 @@ class NNServeServer:
         deadline = time.monotonic() + grace
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
+        await self.control.stop()  # no version may load or retire during the drain
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contract.model import ServingDefaults
+from contract.model import ServingDefaults, is_model_name
 from services.security import TLSFiles, is_loopback
 
 
@@ -21,6 +21,39 @@ class DevicePolicy(StrEnum):
     REQUIRE_GPU = "require_gpu"  # CUDA or the model never becomes ready
     CPU_ONLY = "cpu_only"  # never ask for CUDA
     MEASURE = "measure"  # time each available provider at load; route batch sizes to the faster
+
+
+class ModelControlMode(StrEnum):
+    """Who changes the set of served models after start (Triton's model control modes)."""
+
+    NONE = "none"  # fixed at start; RepositoryModelLoad/Unload answer FAILED_PRECONDITION
+    EXPLICIT = "explicit"  # RepositoryModelLoad/Unload load and unload models
+    POLL = "poll"  # the repository is watched; Load/Unload answer FAILED_PRECONDITION
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model serve: all found, or the `latest` N highest that load.
+
+    A version that fails to load or its goldens never counts toward N, so a broken new
+    version never displaces a good older one; it stays listed, not ready, with its reason.
+    """
+
+    latest: int | None = None  # None: every version in the repository
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        kind, _, count = text.strip().lower().partition(":")
+        if kind == "all" and not count:
+            return cls()
+        if kind == "latest" and (not count or (count.isascii() and count.isdigit())):
+            n = int(count or 1)
+            if 1 <= n <= 1000:
+                return cls(latest=n)
+        raise ValueError(f"version policy {text[:40]!r}: expected all, latest or latest:N")
+
+    def __str__(self) -> str:
+        return "all" if self.latest is None else f"latest:{self.latest}"
 
 
 # Which models each service process serves unless NNSERVE_MODELS says otherwise.
@@ -109,6 +142,15 @@ class Settings(BaseSettings):
     max_connection_age_grace_seconds: float = 30.0
     """Time calls on an aged connection get to finish before it is closed."""
 
+    inline_max_compute_us: float = 50.0
+    """Run a request on the event loop, without the inference-thread hand-off, when its
+    model's one-row run measured at most this (microseconds, at load) and nothing else
+    is in flight for the model; 0 disables the inline fast path."""
+
+    latency_target_ms: float | None = None
+    """Closed-loop batching: adjust each model's batch cap and queue delay under load to
+    hold this p99 (time in the batcher) while batching as much as it allows; off if unset."""
+
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
@@ -130,6 +172,17 @@ class Settings(BaseSettings):
 
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
+
+    model_control: ModelControlMode = ModelControlMode.NONE
+    """none: models fixed at start; explicit: RepositoryModelLoad/Unload; poll: watch the
+    repository and roll new versions out (docs/operations.md)."""
+
+    poll_seconds: float = Field(default=5.0, ge=0.05, le=3600)
+    """poll mode: seconds between repository scans."""
+
+    version_policy: str | None = None
+    """all, latest or latest:N (the N highest versions that load and pass their goldens);
+    default latest:1 in poll mode, all otherwise."""
 
     ports_file: Path | None = None
     """Write {"grpc_port", "metrics_port", "pid"} as JSON here once the ports are bound
@@ -205,7 +258,23 @@ class Settings(BaseSettings):
             self.metrics_port = metrics_port
         if self.models is None:
             self.models = list(SERVICE_MODELS[self.service])
+        for name in self.models:
+            if name != "*" and not is_model_name(name):
+                raise ValueError(f"models: {name[:40]!r} is not a valid model name")
+        _ = self.versions  # a bad policy fails at start, not at the first load
+        if self.model_control is ModelControlMode.EXPLICIT and self.workers > 1:
+            # Each worker has its own models; a Load would reach only one of them.
+            raise ValueError(
+                "model_control explicit needs workers 1 (a Load reaches one worker); "
+                "use model_control poll with several workers"
+            )
         return self
+
+    @property
+    def versions(self) -> VersionPolicy:
+        """The version policy in force (the setting, or the mode's default)."""
+        default = "latest:1" if self.model_control is ModelControlMode.POLL else "all"
+        return VersionPolicy.parse(self.version_policy or default)
 
     def serving_config(self, model: str, declared: ServingDefaults) -> ServingConfig:
         """A model's serving configuration: these settings over what model.json declares.
@@ -228,6 +297,7 @@ class Settings(BaseSettings):
             max_batch_size=max(1, self.max_batch_size or declared.max_batch_size),
             max_queue_delay_s=max(0.0, delay_ms / 1000.0),
             max_queue_size=max(1, self.max_queue_size),
+            version_policy=self.versions,
         )
 
 
@@ -239,3 +309,4 @@ class ServingConfig:
     max_batch_size: int
     max_queue_delay_s: float
     max_queue_size: int
+    version_policy: VersionPolicy = VersionPolicy()  # reported in ModelConfig

@@ -23,7 +23,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACE_KEYS = ("traceparent", "tracestate")
-# perf_counter() seconds -> epoch nanoseconds, for spans built from measured times.
+# perf_counter() seconds -> epoch nanoseconds: every span time comes from perf_counter, so
+# a call and its stage spans nest exactly even when the wall clock is adjusted.
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
 
@@ -54,6 +55,7 @@ class Tracing:
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            start_time=epoch_ns(time.perf_counter()),  # one clock for the call and its stages
         )
 
     def stage(
@@ -73,7 +75,7 @@ class Tracing:
         span.set_attribute("rpc.grpc.status_code", code)
         if code != "OK":
             span.set_status(Status(StatusCode.ERROR, code))
-        span.end()
+        span.end(end_time=epoch_ns(time.perf_counter()))
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -15,7 +15,11 @@ import onnxruntime as ort
 import pytest
 
 from contract.model import read_spec
+from tests.compose_stack import docker_engine
 from tests.server_harness import RunningServer, make_settings, running_server
+
+# One Docker engine per session for the compose stack tests (make stack-test).
+__all__ = ["docker_engine"]
 
 CLASSIFY_MODELS = ("perceptron", "mlp", "cnn")
 SEQUENCE_MODELS = ("lstm", "transformer")

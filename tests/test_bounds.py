@@ -50,8 +50,9 @@ def test_rows_over_max_batch_size_are_refused_before_decoding(
 
 
 def test_long_client_strings_never_overflow_the_status(classify_server: RunningServer) -> None:
-    """A name of 100,000 characters: the client sees the real error (NOT_FOUND), with a
-    short message, not RESOURCE_EXHAUSTED from an oversized status."""
+    """A name of 100,000 characters: the client sees the real error (INVALID_ARGUMENT:
+    names and versions have bounded lengths), with a short message, not
+    RESOURCE_EXHAUSTED from an oversized status."""
     stub = pb_grpc.GRPCInferenceServiceStub(classify_server.channel())
     name = "m" * 100_000
     for request in (
@@ -64,7 +65,7 @@ def test_long_client_strings_never_overflow_the_status(classify_server: RunningS
         )
         with pytest.raises(grpc.RpcError) as err:
             call(request, timeout=10)
-        assert err.value.code() == Code.NOT_FOUND
+        assert err.value.code() == Code.INVALID_ARGUMENT
         assert len(err.value.details()) < 300
     inputs = {"x" * 50_000: np.zeros((1, 8), np.float32)}
     with pytest.raises(grpc.RpcError) as err:
@@ -98,7 +99,7 @@ def _held_burst(
     serves again."""
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        **limits,
+        inline_max_compute_us=0, **limits,
     )  # fmt: skip
     request = heavy_request(model_repository)
     with running_server(settings) as server:

@@ -203,7 +203,8 @@ def test_bytes_and_bf16_are_refused(classify_server: RunningServer, model_reposi
 def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
     from tests.server_harness import make_settings, running_server
 
-    with running_server(make_settings(scratch_repository, service="classify")) as server:
+    settings = make_settings(scratch_repository, service="classify", model_control="explicit")
+    with running_server(settings) as server:
         stub = stub_for(server)
         index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
         assert {(m.name, m.version, m.state) for m in index.models} == {

@@ -44,7 +44,7 @@ def test_health_not_serving_until_model_loads_then_serving_then_draining(
 ) -> None:
     empty = tmp_path / "repo"
     empty.mkdir()
-    settings = make_settings(empty, service="classify", models=["mlp"])
+    settings = make_settings(empty, service="classify", models=["mlp"], model_control="explicit")
     with running_server(settings) as server:
         assert health_status(server) == NOT_SERVING
         assert health_status(server, "mlp") == NOT_SERVING
@@ -57,7 +57,7 @@ def test_health_not_serving_until_model_loads_then_serving_then_draining(
         shutil.copytree(model_repository / "mlp", empty / "mlp")
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
-        time.sleep(0.05)  # health updates are applied by a task on the server loop
+        # Load answers after its health updates are applied: no sleep needed.
         assert health_status(server) == SERVING
         assert health_status(server, "mlp") == SERVING
         assert health_status(server, "inference.GRPCInferenceService") == SERVING
@@ -197,21 +197,28 @@ def test_corrupt_onnx_file_is_refused_by_checksum(scratch_repository: Path) -> N
 def test_batches_form_under_concurrency_and_results_stay_per_request(
     classify_server: RunningServer, sequence_server: RunningServer, model_repository: Path
 ) -> None:
-    # Classify: many concurrent single-row requests -> batches bigger than 1.
-    stub = pb_grpc.GRPCInferenceServiceStub(classify_server.channel())
-    rows = golden_inputs(model_repository, "mlp")["features"]
-    expected = reference_outputs(model_repository, "mlp", {"features": rows})["probabilities"]
-    futures = [
-        (
-            i % len(rows),
-            stub.ModelInfer.future(infer_request("mlp", {"features": rows[i % len(rows)][None]})),
-        )
-        for i in range(300)
-    ]
-    for i, future in futures:
-        got = decode_outputs(future.result(timeout=30))["probabilities"]
-        np.testing.assert_allclose(got[0], expected[i], rtol=1e-5, atol=1e-6)
-    text = metrics_text(classify_server)
+    # Classify: many concurrent single-row requests -> batches bigger than 1 (on the
+    # inference threads: the inline fast path, which runs requests alone, is off here).
+    settings = make_settings(
+        model_repository, service="classify", models=["mlp"], inline_max_compute_us=0
+    )
+    with running_server(settings) as batching:
+        stub = pb_grpc.GRPCInferenceServiceStub(batching.channel())
+        rows = golden_inputs(model_repository, "mlp")["features"]
+        expected = reference_outputs(model_repository, "mlp", {"features": rows})["probabilities"]
+        futures = [
+            (
+                i % len(rows),
+                stub.ModelInfer.future(
+                    infer_request("mlp", {"features": rows[i % len(rows)][None]})
+                ),
+            )
+            for i in range(300)
+        ]
+        for i, future in futures:
+            got = decode_outputs(future.result(timeout=30))["probabilities"]
+            np.testing.assert_allclose(got[0], expected[i], rtol=1e-5, atol=1e-6)
+        text = metrics_text(batching)
     count = bucket_le1 = 0.0
     for line in text.splitlines():
         if line.startswith("nnserve_batch_size_count") and 'model="mlp"' in line:
