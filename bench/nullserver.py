@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench import procstat
-from bench.workload import NUMPY_OF, V2_INFER, ModelInfo
+from bench.workload import V2_INFER, ModelInfo
+from contract.model import V2_TO_NUMPY
 
 log = logging.getLogger("bench")
 
@@ -132,7 +133,7 @@ def noop_response(info: ModelInfo) -> bytes:
     for tensor in info.outputs:
         shape = [1, *(d if d > 0 else 1 for d in tensor.shape[1:])]
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
-        size = int(np.prod(shape)) * np.dtype(NUMPY_OF[tensor.datatype]).itemsize
+        size = int(np.prod(shape)) * V2_TO_NUMPY[tensor.datatype].itemsize
         response.raw_output_contents.append(b"\0" * size)
     return response.SerializeToString()
 
@@ -191,7 +192,7 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
     tensors(info.inputs, metadata.inputs.add)
     tensors(info.outputs, metadata.outputs.add)
     # As nnserve reports it: batching model, dims without the batch axis.
-    max_batch = int(info.doc.get("serving", {}).get("max_batch_size", 64))
+    max_batch = info.spec.serving.max_batch_size if info.spec else 64
     config = mc.ModelConfig(name=info.name, platform="noop", max_batch_size=max_batch)
     for t in info.inputs:
         tensor = config.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.datatype),

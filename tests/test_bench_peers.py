@@ -16,7 +16,8 @@ from google.protobuf import text_format
 from bench.nullserver import noop_response, request_id
 from bench.peers import configs, envs, report
 from bench.peers.run import PeerOptions, loadgen_point, median_of
-from bench.workload import ModelInfo, TensorInfo, build_workload, from_repository, sample_rows
+from bench.workload import ModelInfo, build_workload, from_repository, sample_rows
+from contract.model import TensorSpec
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
@@ -24,7 +25,11 @@ from protos import model_config_pb2 as mc
 SERVING = {"max_batch_size": 48, "max_queue_delay_ms": 1.5}
 MODEL_JSON: dict[str, Any] = {
     "name": "mlp",
+    "version": 1,
     "task": "classify",
+    "labels": ["no", "yes"],
+    "classify": {"input": "features", "scores_output": "probabilities", "kind": "tabular"},
+    "onnx": {"file": "model.onnx", "sha256": "0" * 64},
     "inputs": [{"name": "features", "dtype": "FP32", "shape": [-1, 4]}],
     "outputs": [
         {"name": "probabilities", "dtype": "FP32", "shape": [-1, 2]},
@@ -64,8 +69,8 @@ def test_triton_config_parses_as_model_config(repository: Path, tmp_path: Path) 
 def test_triton_config_batch_only_input_uses_reshape() -> None:
     info = ModelInfo(
         "lstm", "sequence",
-        (TensorInfo("tokens", "INT64", (-1, -1)), TensorInfo("lengths", "INT64", (-1,))),
-        (TensorInfo("logits", "FP32", (-1, 3)),),
+        (TensorSpec("tokens", "INT64", (-1, -1)), TensorSpec("lengths", "INT64", (-1,))),
+        (TensorSpec("logits", "FP32", (-1, 3)),),
     )  # fmt: skip
     text = configs.triton_config(info, configs.Batching(32, 0.0))
     config = text_format.Parse(text, mc.ModelConfig())
@@ -195,8 +200,8 @@ def test_noop_floor_serves_and_is_measured(repository: Path, tmp_path: Path) -> 
 
 
 def test_request_id_and_noop_response() -> None:
-    info = ModelInfo("m", "classify", (TensorInfo("x", "FP32", (-1, 3)),),
-                     (TensorInfo("y", "INT64", (-1, 5)),))  # fmt: skip
+    info = ModelInfo("m", "classify", (TensorSpec("x", "FP32", (-1, 3)),),
+                     (TensorSpec("y", "INT64", (-1, 5)),))  # fmt: skip
     response = pb.ModelInferResponse.FromString(noop_response(info))
     assert list(response.outputs[0].shape) == [1, 5] and len(response.raw_output_contents[0]) == 40
     long_id = "x" * 300  # a two-byte length varint

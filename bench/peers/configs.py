@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.workload import ModelInfo, Row, TensorInfo
+from bench.workload import ModelInfo, Row
+from contract.model import ServingDefaults, TensorSpec
 
 HERE = Path(__file__).resolve().parent
 TRITON_MODEL_PY = HERE / "triton_model.py"
@@ -34,12 +35,12 @@ class Batching:
         """model.json's bounds; queue_delay_ms overrides the delay. Triton's and MLServer's
         batchers wait up to the delay for a batch to fill even when the server is idle
         (nnserve's does not), so a delay costs them latency at low concurrency."""
-        serving = info.doc.get("serving", {})
-        delay = serving.get("max_queue_delay_ms", 2.0) if queue_delay_ms is None else queue_delay_ms
-        return cls(int(serving.get("max_batch_size", 64)), float(delay))
+        serving = info.spec.serving if info.spec else ServingDefaults(max_queue_delay_ms=2.0)
+        delay = serving.max_queue_delay_ms if queue_delay_ms is None else queue_delay_ms
+        return cls(serving.max_batch_size, float(delay))
 
 
-def _triton_tensor(t: TensorInfo) -> str:
+def _triton_tensor(t: TensorSpec) -> str:
     dims = list(t.shape[1:])  # without the batch axis (max_batch_size > 0)
     extra = ""
     if not dims:  # a batch-only input, e.g. lengths [B]: Triton's way is dims [1], reshape []
@@ -76,13 +77,13 @@ def triton_config(info: ModelInfo, batching: Batching) -> str:
 
 def write_triton_repository(root: Path, info: ModelInfo, batching: Batching) -> Path:
     """<root>/<model>/config.pbtxt and 1/{model.py, model.onnx}; returns root."""
-    assert info.directory is not None, "the model's repository directory is needed"
+    assert info.spec is not None, "the model's repository directory is needed"
     model = root / info.name
     version = model / "1"
     version.mkdir(parents=True, exist_ok=True)
     (model / "config.pbtxt").write_text(triton_config(info, batching))
     shutil.copyfile(TRITON_MODEL_PY, version / "model.py")
-    shutil.copyfile(info.directory / "model.onnx", version / "model.onnx")
+    shutil.copyfile(info.spec.onnx_file, version / "model.onnx")
     return root
 
 
@@ -103,7 +104,7 @@ def mlserver_model_settings(info: ModelInfo, batching: Batching) -> dict[str, An
     max_batch_time is in seconds), and the tensors (ModelMetadata answers from them,
     which perf_analyzer needs)."""
 
-    def tensor(t: TensorInfo) -> dict[str, Any]:
+    def tensor(t: TensorSpec) -> dict[str, Any]:
         return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
 
     return {
@@ -127,10 +128,10 @@ def write_mlserver_folder(
     (root / "settings.json").write_text(json.dumps(settings, indent=2))
     shutil.copyfile(MLSERVER_RUNTIME_PY, root / MLSERVER_RUNTIME_PY.name)
     for info in infos:
-        assert info.directory is not None, "the model's repository directory is needed"
+        assert info.spec is not None, "the model's repository directory is needed"
         folder = root / info.name
         folder.mkdir(exist_ok=True)
         doc = mlserver_model_settings(info, Batching.of(info, queue_delay_ms))
         (folder / "model-settings.json").write_text(json.dumps(doc, indent=2))
-        shutil.copyfile(info.directory / "model.onnx", folder / "model.onnx")
+        shutil.copyfile(info.spec.onnx_file, folder / "model.onnx")
     return root
