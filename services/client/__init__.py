@@ -23,6 +23,7 @@ import enum
 import json
 import os
 import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
+CLOSE_WAIT_S = 5.0  # StreamSession.close: how long the server may take to end the call
 
 
 class NNServeError(Exception):
@@ -424,11 +426,18 @@ class StreamSession:
         if end_session:
             self._requests.put(nnserve_pb2.StreamRequest(close=True))
         self._requests.put(None)  # half-close: the server ends the call once it let go
+        # Wait for that, so a resume finds the session free; a server that does not end
+        # the call within CLOSE_WAIT_S gets it cancelled (the session then stays idle).
+        timer = threading.Timer(CLOSE_WAIT_S, self._call.cancel)
+        timer.start()
         try:
-            for _ in self._responses:  # wait for that, so a resume finds the session free
+            for _ in self._responses:
                 pass
         except grpc.RpcError as err:
-            raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]
+            if err.code() is not grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                raise NNServeError(err.code(), err.details() or "") from None  # type: ignore[attr-defined]
+        finally:
+            timer.cancel()
 
     def __enter__(self) -> StreamSession:
         return self

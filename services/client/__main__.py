@@ -29,7 +29,7 @@ import json
 import os
 import signal
 import sys
-import time
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,7 +322,7 @@ FOLLOW_CHUNK = 64
 FOLLOW_POLL_S = 0.2
 
 
-def _appended_lines(source: str) -> Iterator[list[str]]:
+def _appended_lines(source: str, stop: threading.Event) -> Iterator[list[str]]:
     """Complete lines as they arrive: stdin until EOF, or a file from its start and then
     whatever is appended (like tail -f; a truncated file is read again from the start)."""
     if source == "-":
@@ -350,7 +350,8 @@ def _appended_lines(source: str) -> Iterator[list[str]]:
                     partial = ""
             except OSError:
                 pass  # rotated away: keep waiting for the name to come back
-            time.sleep(FOLLOW_POLL_S)
+            if stop.wait(FOLLOW_POLL_S):  # Ctrl-C: end between polls, never mid-call
+                return
 
 
 def _print_anomaly(e: StreamEventScore, labels: tuple[str, ...], as_json: bool) -> None:
@@ -374,6 +375,14 @@ def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
     unknown_id = (described.model_json.get("sequence") or {}).get("unknown_id")
     unknown = described.vocabulary[unknown_id] if isinstance(unknown_id, int) else None
     session = client.stream(opts.model, version=opts.version)
+    stop = threading.Event()
+
+    def on_interrupt(_signum: int, _frame: object) -> None:
+        stop.set()
+        if opts.follow == "-":  # a blocking read of stdin only ends with an exception
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     if not opts.json:
         print(
             f"following {opts.follow} with {session.model}/{session.version} "
@@ -382,7 +391,7 @@ def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
         )
     verdict = ""
     try:
-        for lines in _appended_lines(opts.follow):
+        for lines in _appended_lines(opts.follow, stop):
             events = [ln.strip() for ln in lines]
             events = [e for e in events if e and not e.startswith("#")]
             # An event the model never saw is sent as its unknown token, when it has one.
@@ -401,6 +410,7 @@ def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, previous)
         session.close(end_session=True)
     if not opts.json:
         print(f"{session.events_seen} events scored", flush=True)
