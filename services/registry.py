@@ -59,6 +59,12 @@ class LoadedModel:
     domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
     load_seconds: float
     stats: InferStats = field(default_factory=InferStats)
+    # The explain graph's batcher (model.json "explain"); only explain requests use it.
+    explainer: Batcher | None = None
+
+    @property
+    def batchers(self) -> tuple[Batcher, ...]:
+        return (self.batcher,) if self.explainer is None else (self.batcher, self.explainer)
 
     @property
     def name(self) -> str:
@@ -210,7 +216,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session = await asyncio.to_thread(self._open, name, version)
+            spec, config, session, explain = await asyncio.to_thread(self._open, name, version)
         except ModelLoadError as exc:
             log.error("model %s/%d failed to load: %s", name, version, exc)
             self._set_state(mv, ModelState.FAILED, str(exc))
@@ -219,7 +225,7 @@ class ModelRegistry:
             log.exception("model %s/%d: unexpected load failure", name, version)
             self._set_state(mv, ModelState.FAILED, f"load failed: {type(exc).__name__}: {exc}")
             return mv
-        mv.model = self._assemble(spec, config, session, time.perf_counter() - start)
+        mv.model = self._assemble(spec, config, session, explain, time.perf_counter() - start)
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -227,9 +233,22 @@ class ModelRegistry:
         )  # fmt: skip
         return mv
 
-    def _open(self, name: str, version: int) -> tuple[ModelSpec, ServingConfig, ModelSession]:
+    def _open(
+        self, name: str, version: int
+    ) -> tuple[ModelSpec, ServingConfig, ModelSession, ModelSession | None]:
         spec = read_spec(self._settings.repository, name, version)
         config = self._settings.serving_config(name, spec.serving)
+        session = self._session(spec, config)
+        explain = None
+        if spec.explain is not None:
+            try:
+                explain = self._session(spec.explain.graph, config)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"explain graph: {exc}") from exc
+        return spec, config, session, explain
+
+    def _session(self, spec: ModelSpec, config: ServingConfig) -> ModelSession:
+        """Open one graph of a model version: session, golden check, warm-up."""
         max_batch = config.max_batch_size
         session = open_session(
             spec,
@@ -240,22 +259,23 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, config, session
+        return session
 
     def _assemble(
-        self, spec: ModelSpec, config: ServingConfig, session: ModelSession, load_seconds: float
+        self,
+        spec: ModelSpec,
+        config: ServingConfig,
+        session: ModelSession,
+        explain: ModelSession | None,
+        load_seconds: float,
     ) -> LoadedModel:
-        """The one place a LoadedModel is built (with its batcher and metrics)."""
+        """The one place a LoadedModel is built (with its batchers and metrics)."""
         name, v = spec.name, str(spec.version)
-        batcher = Batcher(
-            f"{name}/{v}",
-            session,
-            BatchLayout.for_model(spec),
-            self._threads,
-            self._metrics.for_model(name, spec.version, session.providers),
-            config,
-            max_in_flight=self._settings.inference_threads,
-        )
+        batcher = self._batcher(spec, config, session, name)
+        explainer = None
+        if explain is not None and spec.explain is not None:
+            # Its batch metrics are labelled model="<name>:explain" (docs/metrics.md).
+            explainer = self._batcher(spec.explain.graph, config, explain, f"{name}:explain")
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
         if session.fallback_reason is not None:
@@ -263,7 +283,22 @@ class ModelRegistry:
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
-        return LoadedModel(spec, config, session, batcher, DomainModel(spec), load_seconds)
+        return LoadedModel(
+            spec, config, session, batcher, DomainModel(spec), load_seconds, explainer=explainer
+        )
+
+    def _batcher(
+        self, spec: ModelSpec, config: ServingConfig, session: ModelSession, label: str
+    ) -> Batcher:
+        return Batcher(
+            f"{label}/{spec.version}",
+            session,
+            BatchLayout.for_model(spec),
+            self._threads,
+            self._metrics.for_model(label, spec.version, session.providers),
+            config,
+            max_in_flight=self._settings.inference_threads,
+        )
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model; queued requests finish first."""
@@ -273,10 +308,11 @@ class ModelRegistry:
                 raise ModelNotFound(f"unknown model {shown(name)}")
             for mv in versions.values():
                 if mv.model is not None:
-                    mv.model.batcher.close()
+                    for batcher in mv.model.batchers:
+                        batcher.close()
                 self._set_state(mv, ModelState.UNLOADING, "unloading")
             for mv in versions.values():
-                while mv.model is not None and mv.model.batcher.busy:
+                while mv.model is not None and any(b.busy for b in mv.model.batchers):
                     await asyncio.sleep(0.005)
                 # An unloaded model is not "not ready": drop its series so no alert fires.
                 with contextlib.suppress(KeyError):
@@ -288,7 +324,10 @@ class ModelRegistry:
         """Refuse new requests on every model; queued and running ones complete."""
         for mv in self.all_versions():
             if mv.model is not None:
-                mv.model.batcher.close()
+                for batcher in mv.model.batchers:
+                    batcher.close()
 
     def busy(self) -> bool:
-        return any(mv.model is not None and mv.model.batcher.busy for mv in self.all_versions())
+        return any(
+            b.busy for mv in self.all_versions() if mv.model is not None for b in mv.model.batchers
+        )
