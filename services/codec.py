@@ -398,6 +398,8 @@ def explain_options(request: npb.SequenceRequest, spec: ModelSpec) -> ExplainOpt
             f"model {spec.name!r} version {spec.version} has no explain graph "
             "(attention explanations need a model exported with one, e.g. transformer)"
         )
+    if any(item.WhichOneof("steps") == "numeric" for item in request.sequences):
+        raise InvalidInput("explanations name events: send tokens or token_ids, not numeric")
     top_k = request.explain_top_k or EXPLAIN_TOP_K
     if top_k > EXPLAIN_TOP_K_MAX:
         raise InvalidInput(f"explain_top_k is {top_k}; at most {EXPLAIN_TOP_K_MAX}")
