@@ -46,6 +46,12 @@ class ExportResult:
     seconds: float
     explain_parity: ParityReport | None = None  # the explain graph's, if any
 
+    def summary(self) -> str:
+        text = self.parity.summary()
+        if self.explain_parity is not None:
+            text += f"; explain graph: {self.explain_parity.summary()}"
+        return text
+
 
 def _example(spec: Signature, case: GoldenCase) -> tuple[torch.Tensor, ...]:
     """Trace inputs: a golden batch (batch and sequence sizes > 1 avoid 0/1 specialisation)."""
@@ -191,14 +197,12 @@ def export_model(
         (stage / "model.json").write_text(text)
         target = repository.publish(stage, repo, name, version)
     seconds = time.perf_counter() - start
-    summary = main.report.summary()
-    if explain is not None:
-        summary += f"; explain graph: {explain.report.summary()}"
-    log.info("%s: exported version %d -> %s (%s)", name, version, target, summary)
-    return ExportResult(
+    result = ExportResult(
         name=name, version=version, path=target, parity=main.report, seconds=seconds,
         explain_parity=explain.report if explain is not None else None,
     )  # fmt: skip
+    log.info("%s: exported version %d -> %s (%s)", name, version, target, result.summary())
+    return result
 
 
 def has_version(repository_dir: str | os.PathLike[str], name: str) -> bool:
