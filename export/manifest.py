@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -75,9 +76,10 @@ def build(
     onnx_info: dict[str, Any],
     producer: dict[str, str],
     goldens: dict[str, Any],
+    explain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = checkpoint["data"]
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "name": checkpoint["name"],
         "version": version,
@@ -95,6 +97,9 @@ def build(
         "serving": dict(SERVING_DEFAULTS),
         "goldens": goldens,
     }
+    if explain is not None:
+        document["explain"] = explain
+    return document
 
 
 def validate(manifest: dict[str, Any]) -> None:
@@ -135,8 +140,34 @@ def validate(manifest: dict[str, Any]) -> None:
         need(len(s["vocabulary"]) > s["pad_id"], "pad_id outside the vocabulary")
         unk = s["unknown_id"]
         need(unk is None or len(s["vocabulary"]) > unk, "unknown_id outside the vocabulary")
+    _check_cases(manifest["goldens"]["cases"], inputs, tensors, need)
+    explain = manifest.get("explain")
+    if explain is not None:
+        need(manifest["task"] == "sequence", "an explain graph needs a sequence model")
+        need(explain["onnx"]["file"] != manifest["onnx"]["file"], "explain uses the main onnx file")
+        ex_tensors = {t["name"]: t for t in (*manifest["inputs"], *explain["outputs"])}
+        ex_outputs = [t["name"] for t in explain["outputs"]]
+        need(
+            ex_outputs[: len(outputs)] == [t["name"] for t in manifest["outputs"]],
+            "explain.outputs must start with the main graph's outputs",
+        )
+        need(explain["attention_output"] in ex_outputs, "explain.attention_output is not an output")
+        need(
+            ex_tensors[explain["attention_output"]]["shape"] == [-1, -1, -1],
+            "explain.attention_output must have shape [-1, -1, -1] (batch, query, key)",
+        )
+        _check_cases(explain["goldens"]["cases"], inputs, ex_tensors, need)
+
+
+def _check_cases(
+    cases: list[dict[str, Any]],
+    inputs: set[str],
+    tensors: dict[str, dict[str, Any]],
+    need: Callable[[bool, str], None],
+) -> None:
+    outputs = set(tensors) - inputs
     seen: set[str] = set()
-    for case in manifest["goldens"]["cases"]:
+    for case in cases:
         need(case["name"] not in seen, f"duplicate golden case {case['name']!r}")
         seen.add(case["name"])
         need(set(case["inputs"]) == inputs, f"case {case['name']!r} must feed every input")

@@ -75,6 +75,12 @@ class LoadedModel:
     load_seconds: float
     single_row_seconds: float  # median ORT time of a one-row request, measured at load
     stats: InferStats = field(default_factory=InferStats)
+    # The explain graph's batcher (model.json "explain"); only explain requests use it.
+    explainer: Batcher | None = None
+
+    @property
+    def batchers(self) -> tuple[Batcher, ...]:
+        return (self.batcher,) if self.explainer is None else (self.batcher, self.explainer)
 
     @property
     def name(self) -> str:
@@ -292,7 +298,9 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session, single_row = await asyncio.to_thread(self._open, name, version)
+            spec, config, session, explain, single_row = await asyncio.to_thread(
+                self._open, name, version
+            )
         except ModelLoadError as exc:
             return self._failed(mv, str(exc))
         except asyncio.CancelledError:  # server stopping: never leave a LOADING record
@@ -301,7 +309,9 @@ class ModelRegistry:
         except Exception as exc:
             log.exception("model %s/%d: unexpected load failure", name, version)
             return self._failed(mv, f"load failed: {type(exc).__name__}: {exc}")
-        mv.model = self._assemble(spec, config, session, time.perf_counter() - start, single_row)
+        mv.model = self._assemble(
+            spec, config, session, explain, time.perf_counter() - start, single_row
+        )
         self._set_state(mv, ModelState.READY)
         log.info(
             "model %s/%d ready on %s (policy %s) in %.2fs",
@@ -317,7 +327,7 @@ class ModelRegistry:
 
     def _open(
         self, name: str, version: int
-    ) -> tuple[ModelSpec, ServingConfig, ModelSession, float]:
+    ) -> tuple[ModelSpec, ServingConfig, ModelSession, ModelSession | None, float]:
         root = self._settings.repository
         if not inside(root, root / name / str(version) / "model.json"):
             raise ModelLoadError("model.json resolves outside the model repository")
@@ -325,6 +335,19 @@ class ModelRegistry:
         if not inside(root, spec.onnx_file):
             raise ModelLoadError(f"{spec.onnx_file.name} resolves outside the model repository")
         config = self._settings.serving_config(name, spec.serving)
+        session = self._session(spec, config)
+        explain = None
+        if spec.explain is not None:
+            try:
+                explain = self._session(spec.explain.graph, config)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"explain graph: {exc}") from exc
+            if not inside(root, spec.explain.graph.onnx_file):
+                raise ModelLoadError("the explain graph resolves outside the model repository")
+        return spec, config, session, explain, single_row_seconds(spec, session)
+
+    def _session(self, spec: ModelSpec, config: ServingConfig) -> ModelSession:
+        """Open one graph of a model version: session, golden check, warm-up."""
         max_batch = config.max_batch_size
         session = open_session(
             spec,
@@ -335,34 +358,29 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return spec, config, session, single_row_seconds(spec, session)
+        return session
 
     def _assemble(
         self,
         spec: ModelSpec,
         config: ServingConfig,
         session: ModelSession,
+        explain: ModelSession | None,
         load_seconds: float,
         single_row: float,
     ) -> LoadedModel:
-        """The one place a LoadedModel is built (with its batcher and metrics)."""
+        """The one place a LoadedModel is built (with its batchers and metrics)."""
         name, v = spec.name, str(spec.version)
         # Inline fast path: a CPU model whose one-row run is tiny runs on the event loop
         # when nothing else is in flight for it, saving two thread hand-offs.
         limit = self._settings.inline_max_compute_us * 1e-6
         inline = session.gpu_session is None and session.provider == CPU and single_row <= limit
-        batcher = Batcher(
-            f"{name}/{v}",
-            session,
-            BatchLayout.for_model(spec),
-            self._threads,
-            self._metrics.for_model(name, spec.version, session.providers),
-            config,
-            max_in_flight=self._settings.inference_threads,
-            inline=inline,
-            adaptive=self._adaptive(config),
-        )
+        batcher = self._batcher(spec, config, session, name, inline=inline)
         self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
+        explainer = None
+        if explain is not None and spec.explain is not None:
+            # Its batch metrics are labelled model="<name>:explain" (docs/metrics.md).
+            explainer = self._batcher(spec.explain.graph, config, explain, f"{name}:explain")
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
         if session.fallback_reason is not None:
@@ -371,7 +389,34 @@ class ModelRegistry:
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
         return LoadedModel(
-            spec, config, session, batcher, DomainModel(spec), load_seconds, single_row
+            spec,
+            config,
+            session,
+            batcher,
+            DomainModel(spec),
+            load_seconds,
+            single_row,
+            explainer=explainer,
+        )
+
+    def _batcher(
+        self,
+        spec: ModelSpec,
+        config: ServingConfig,
+        session: ModelSession,
+        label: str,
+        inline: bool = False,
+    ) -> Batcher:
+        return Batcher(
+            f"{label}/{spec.version}",
+            session,
+            BatchLayout.for_model(spec),
+            self._threads,
+            self._metrics.for_model(label, spec.version, session.providers),
+            config,
+            max_in_flight=self._settings.inference_threads,
+            inline=inline,
+            adaptive=self._adaptive(config),
         )
 
     def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:
@@ -412,9 +457,10 @@ class ModelRegistry:
         model = mv.model
         if model is None:
             return
-        model.batcher.close()
+        for batcher in model.batchers:
+            batcher.close()
         deadline = time.monotonic() + self._settings.drain_grace_seconds
-        while model.batcher.busy or model.batcher.inflight > 0:
+        while any(b.busy or b.inflight > 0 for b in model.batchers):
             if time.monotonic() > deadline:
                 log.warning("model %s/%d: retired with requests still running", mv.name, mv.version)
                 break
@@ -425,7 +471,10 @@ class ModelRegistry:
         """Refuse new requests on every model; queued and running ones complete."""
         for mv in self.all_versions():
             if mv.model is not None:
-                mv.model.batcher.close()
+                for batcher in mv.model.batchers:
+                    batcher.close()
 
     def busy(self) -> bool:
-        return any(mv.model is not None and mv.model.batcher.busy for mv in self.all_versions())
+        return any(
+            b.busy for mv in self.all_versions() if mv.model is not None for b in mv.model.batchers
+        )

@@ -8,6 +8,7 @@
     python -m services.client digit cnn --sample 7          (scikit-learn's digits)
     python -m services.client logs lstm --events "http.request.received,auth.token.validated"
     python -m services.client logs lstm --file events.txt   (one event per line)
+    python -m services.client logs transformer --events "..." --explain   (why flagged)
 
 --address HOST:PORT (default $NNSERVE_ADDRESS, else 127.0.0.1:50051, or :50052 for
 `logs`), --timeout SECONDS and --json (machine-readable output) go before or after
@@ -34,10 +35,12 @@ from typing import Any
 from services.client import (
     DEFAULT_TIMEOUT_S,
     ClassifyResult,
+    ExplainOptions,
     ModelDescription,
     NNServeClient,
     NNServeError,
     SequenceResult,
+    SequenceScores,
     ServingStatus,
 )
 from services.client.inputs import (
@@ -160,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="mark positions whose anomaly score is above this (default 0.5)",
     )
+    logs.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each flagged event, show the earlier events it attended to most "
+        "(models with an explain graph, e.g. transformer)",
+    )
+    logs.add_argument(
+        "--top-k", type=int, default=3, help="attended events shown per flagged event (1..16)"
+    )
     logs.add_argument("--version", default="")
     return parser
 
@@ -212,6 +224,14 @@ def _print_sequences(result: SequenceResult, threshold: float) -> None:
             flagged += p > threshold
             print(f"  {pos:>3}  {name:<{width}}  {p:.4f}{mark}")
         print(f"{s.length} events, {flagged} flagged (score > {threshold:g})")
+        _print_explanations(s)
+
+
+def _print_explanations(s: SequenceScores) -> None:
+    for e in s.explanations:
+        print(f"\nevent {e.position} {e.token} ({e.score:.4f}) attended most to:")
+        for a in e.attended:
+            print(f"  {a.position:>3}  {a.token:<32}  {a.weight:.3f}")
 
 
 def _print_description(d: ModelDescription) -> None:
@@ -294,7 +314,16 @@ def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
     else:
         text = opts.events
     events = parse_events(text)
-    result = client.score_sequences(opts.model, [events], per_position=True, version=opts.version)
+    explain = None
+    if opts.explain:
+        if not 1 <= opts.top_k <= 16:
+            raise InputError("--top-k must be 1..16")
+        if not 0.0 < opts.threshold <= 1.0:
+            raise InputError("--explain needs a --threshold in (0, 1]")
+        explain = ExplainOptions(top_k=opts.top_k, threshold=opts.threshold)
+    result = client.score_sequences(
+        opts.model, [events], per_position=True, version=opts.version, explain=explain
+    )
     if opts.json:
         data = dataclasses.asdict(result)
         for r in data["results"]:
