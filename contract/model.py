@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,8 @@ class SequenceSpec:
     unknown_id: int | None
     vocabulary: tuple[str, ...]
     numeric_input: str | None = None
+    # Set on an explain graph's spec only: its (B, T, T) output, cut on axes 1 and 2.
+    attention_output: str | None = None
 
     @property
     def token_index(self) -> dict[str, int]:
@@ -181,6 +183,7 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     model_json: str = ""  # the file as read, for DescribeModel / ModelConfig
     step: StepSpec | None = None  # sequence models that can score a stream event by event
+    explain: ExplainSpec | None = None  # the optional explain graph (model.json "explain")
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -218,6 +221,15 @@ def inside(root: Path, path: Path) -> bool:
         return path.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError):  # unreadable, or a symlink loop
         return False
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """model.json "explain": a second graph run only for requests that ask for it."""
+
+    graph: ModelSpec  # as a model of its own: same inputs, its file, outputs and goldens
+    attention_output: str  # (B, T, T) attention of each position over the positions
+    definition: str  # how attention_output is computed (docs/model-json.md)
 
 
 def scan(root: Path) -> dict[str, list[int]]:
@@ -419,6 +431,43 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
     else:
         raise ModelLoadError(f"{where}: unknown task {task!r} (classify|sequence)")
 
+    spec = _parse_main(doc, text, directory, name, version, inputs, outputs, classify, sequence)
+    ex = doc.get("explain")
+    if ex is None:
+        return spec
+    if sequence is None:
+        raise ModelLoadError(f"{where}: an explain graph needs a sequence model")
+    ex_outputs = _tensors(ex["outputs"], where)
+    attention = ex["attention_output"]
+    if attention not in {t.name for t in ex_outputs}:
+        raise ModelLoadError(f"{where}: explain.attention_output is not an explain output")
+    graph = replace(
+        spec,
+        onnx_file=directory / ex["onnx"]["file"],
+        sha256=ex["onnx"]["sha256"],
+        outputs=ex_outputs,
+        sequence=replace(sequence, attention_output=attention),
+        step=None,  # the step graph belongs to the model, not to its explain graph
+        goldens=cases_from_json(
+            list(ex["goldens"]["cases"]), inputs + ex_outputs, f"{where} explain golden"
+        ),
+    )
+    return replace(spec, explain=ExplainSpec(graph, attention, str(ex["definition"])))
+
+
+def _parse_main(
+    doc: dict[str, Any],
+    text: str,
+    directory: Path,
+    name: str,
+    version: int,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    classify: ClassifySpec | None,
+    sequence: SequenceSpec | None,
+) -> ModelSpec:
+    where = f"{name}/{version}"
+    task = doc["task"]
     goldens_doc = doc.get("goldens") or {}
     goldens = cases_from_json(
         list(goldens_doc.get("cases", ())), inputs + outputs, f"{where} golden"

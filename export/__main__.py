@@ -61,7 +61,7 @@ def _export_named(name: str, args: argparse.Namespace) -> str:
     result = export_model(ckpt, args.repository)
     return (
         f"{name:12s} version {result.version} -> {result.path} in {result.seconds:.1f}s; "
-        f"parity ok: {result.parity.summary()}"
+        f"parity ok: {result.summary()}"
     )
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = export_model(args.checkpoint, args.repository)
                 print(
                     f"{result.name:12s} version {result.version} -> {result.path}; "
-                    f"parity ok: {result.parity.summary()}"
+                    f"parity ok: {result.summary()}"
                 )
             else:
                 print(_export_named(name, args))

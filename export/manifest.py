@@ -77,6 +77,7 @@ def build(
     producer: dict[str, str],
     goldens: dict[str, Any],
     step: dict[str, Any] | None = None,
+    explain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = checkpoint["data"]
     document = {
@@ -97,6 +98,8 @@ def build(
         "serving": dict(SERVING_DEFAULTS),
         "goldens": goldens,
     }
+    if explain is not None:
+        document["explain"] = explain
     if step is not None:
         document["step"] = step
     return document
@@ -153,7 +156,23 @@ def validate(manifest: dict[str, Any]) -> None:
         need(len(s["vocabulary"]) > s["pad_id"], "pad_id outside the vocabulary")
         unk = s["unknown_id"]
         need(unk is None or len(s["vocabulary"]) > unk, "unknown_id outside the vocabulary")
-    _check_cases(manifest["goldens"]["cases"], manifest["inputs"], manifest["outputs"], need)
+    _check_cases(manifest["goldens"]["cases"], inputs, tensors, need)
+    explain = manifest.get("explain")
+    if explain is not None:
+        need(manifest["task"] == "sequence", "an explain graph needs a sequence model")
+        need(explain["onnx"]["file"] != manifest["onnx"]["file"], "explain uses the main onnx file")
+        ex_tensors = {t["name"]: t for t in (*manifest["inputs"], *explain["outputs"])}
+        ex_outputs = [t["name"] for t in explain["outputs"]]
+        need(
+            ex_outputs[: len(outputs)] == [t["name"] for t in manifest["outputs"]],
+            "explain.outputs must start with the main graph's outputs",
+        )
+        need(explain["attention_output"] in ex_outputs, "explain.attention_output is not an output")
+        need(
+            ex_tensors[explain["attention_output"]]["shape"] == [-1, -1, -1],
+            "explain.attention_output must have shape [-1, -1, -1] (batch, query, key)",
+        )
+        _check_cases(explain["goldens"]["cases"], inputs, ex_tensors, need)
     step = manifest.get("step")
     if step is not None:
         need(manifest["task"] == "sequence", "a step model needs the sequence task")
@@ -170,18 +189,17 @@ def validate(manifest: dict[str, Any]) -> None:
             "step: score and state outputs must be step outputs",
         )
         need(step["onnx"]["file"] != manifest["onnx"]["file"], "step: needs its own onnx file")
-        _check_cases(step["goldens"]["cases"], step["inputs"], step["outputs"], need)
+        step_tensors = {t["name"]: t for t in (*step["inputs"], *step["outputs"])}
+        _check_cases(step["goldens"]["cases"], step_in, step_tensors, need)
 
 
 def _check_cases(
     cases: list[dict[str, Any]],
-    input_list: list[dict[str, Any]],
-    output_list: list[dict[str, Any]],
+    inputs: set[str],
+    tensors: dict[str, dict[str, Any]],
     need: Callable[[bool, str], None],
 ) -> None:
-    tensors = {t["name"]: t for t in (*input_list, *output_list)}
-    inputs = {t["name"] for t in input_list}
-    outputs = {t["name"] for t in output_list}
+    outputs = set(tensors) - inputs
     seen: set[str] = set()
     for case in cases:
         need(case["name"] not in seen, f"duplicate golden case {case['name']!r}")

@@ -91,6 +91,11 @@ def check_cases(
     return report
 
 
+def _sequence_axes(spec: Signature, axis: str) -> dict[str, list[int]]:
+    """Output name -> its axes named ``axis`` (position_scores: [1]; attention: [1, 2])."""
+    return {t.name: sorted(a for a, n in t.axis_names.items() if n == axis) for t in spec.outputs}
+
+
 def check_sequence_masking(
     session: ort.InferenceSession,
     spec: Signature,
@@ -98,31 +103,41 @@ def check_sequence_masking(
     atol: float,
     rtol: float,
     model_name: str,
+    axis: str = "sequence",
 ) -> None:
-    """Padded positions score exactly 0, and each row alone scores as it does in its batch."""
-    seq_name, pos_name = (t.name for t in spec.outputs)
+    """Every output is exactly 0 wherever one of its sequence axes is at a padded
+    position, and each row alone gives what it gives in its batch (cut to its length)."""
+    axes = _sequence_axes(spec, axis)
     for case in cases:
         got = run_case(session, spec, case)
         tokens, lengths = case.inputs["tokens"], case.inputs["lengths"]
         t = tokens.shape[1]
-        padded = np.arange(t)[None, :] >= lengths[:, None]
-        if np.any(got[pos_name][padded] != 0.0):
-            raise ParityError(
-                f"{model_name}: {pos_name!r} is not exactly 0 at padded positions "
-                f"in case {case.name!r}"
-            )
+        padded = np.arange(t)[None, :] >= lengths[:, None]  # (B, T)
+        for name, positional in axes.items():
+            for a in positional:
+                # (B, T) padding mask broadcast onto this output's axis a.
+                shape = [len(lengths)] + [1] * (got[name].ndim - 1)
+                shape[a] = t
+                where = np.broadcast_to(padded.reshape(shape), got[name].shape)
+                if np.any(got[name][where] != 0.0):
+                    raise ParityError(
+                        f"{model_name}: {name!r} is not exactly 0 at padded positions "
+                        f"(axis {a}) in case {case.name!r}"
+                    )
         for row in range(min(len(lengths), 8)):
             n = int(lengths[row])
+            outputs = {}
+            for name, positional in axes.items():
+                value = got[name][row : row + 1]
+                cut = [slice(0, n) if a in positional else slice(None) for a in range(value.ndim)]
+                outputs[name] = value[tuple(cut)]
             alone = GoldenCase(
                 name=f"{case.name}[row {row} alone]",
                 inputs={
                     "tokens": tokens[row : row + 1, :n],
                     "lengths": lengths[row : row + 1],
                 },
-                outputs={
-                    seq_name: got[seq_name][row : row + 1],
-                    pos_name: got[pos_name][row : row + 1, :n],
-                },
+                outputs=outputs,
             )
             try:
                 check_cases(session, spec, [alone], atol, rtol, model_name)

@@ -360,10 +360,22 @@ class SequenceRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
     PER_POSITION_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
+    EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
+    EXPLAIN_THRESHOLD_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.str
     per_position: _builtins.bool
     """include per-position scores in the response"""
+    explain: _builtins.bool
+    """Attention explanations (models with an explain graph, e.g. transformer): for each
+    flagged event (position score >= explain_threshold), the events it attended to most.
+    Only explain requests run the explain graph. docs/protocol.md, docs/explanations.md.
+    """
+    explain_top_k: _builtins.int
+    """attended events per flagged event; 0: 3, at most 16"""
+    explain_threshold: _builtins.float
+    """position score that flags an event; 0: 0.5, in (0, 1]"""
     @_builtins.property
     def sequences(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceInput]: ...
     def __init__(
@@ -373,14 +385,81 @@ class SequenceRequest(_message.Message):
         model_version: _builtins.str = ...,
         sequences: _abc.Iterable[Global___SequenceInput] | None = ...,
         per_position: _builtins.bool = ...,
+        explain: _builtins.bool = ...,
+        explain_top_k: _builtins.int = ...,
+        explain_threshold: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "model_version", b"model_version", "per_position", b"per_position", "sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explain", b"explain", "explain_threshold", b"explain_threshold", "explain_top_k", b"explain_top_k", "model_name", b"model_name", "model_version", b"model_version", "per_position", b"per_position", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SequenceRequest: _TypeAlias = SequenceRequest  # noqa: Y015
+
+@_typing.final
+class AttendedEvent(_message.Message):
+    """One event a flagged event attended to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """0-based position in the sequence"""
+    token: _builtins.str
+    """its vocabulary entry"""
+    weight: _builtins.float
+    """attention weight (the row sums to 1 over the sequence)"""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        token: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "token", b"token", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttendedEvent: _TypeAlias = AttendedEvent  # noqa: Y015
+
+@_typing.final
+class EventExplanation(_message.Message):
+    """Why one event was flagged: the events it attended to most, highest weight first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    ATTENDED_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    token: _builtins.str
+    score: _builtins.float
+    """its position score (P(anomalous))"""
+    @_builtins.property
+    def attended(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttendedEvent]:
+        """at most explain_top_k"""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        token: _builtins.str = ...,
+        score: _builtins.float = ...,
+        attended: _abc.Iterable[Global___AttendedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attended", b"attended", "position", b"position", "score", b"score", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventExplanation: _TypeAlias = EventExplanation  # noqa: Y015
 
 @_typing.final
 class SequenceResult(_message.Message):
@@ -391,6 +470,7 @@ class SequenceResult(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     POSITION_SCORES_FIELD_NUMBER: _builtins.int
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """sequence-level label (argmax)"""
     index: _builtins.int
@@ -403,6 +483,10 @@ class SequenceResult(_message.Message):
     def position_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """per position, when requested and available"""
 
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventExplanation]:
+        """explain requests: flagged events in order"""
+
     def __init__(
         self,
         *,
@@ -411,10 +495,11 @@ class SequenceResult(_message.Message):
         scores: _abc.Iterable[_builtins.float] | None = ...,
         length: _builtins.int = ...,
         position_scores: _abc.Iterable[_builtins.float] | None = ...,
+        explanations: _abc.Iterable[Global___EventExplanation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "label", b"label", "length", b"length", "position_scores", b"position_scores", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "index", b"index", "label", b"label", "length", b"length", "position_scores", b"position_scores", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -381,8 +381,68 @@ def decode_sequence(request: npb.SequenceRequest, model: DomainModel) -> Tensors
     return tensors
 
 
+# Attention explanations (SequenceRequest.explain): defaults and bounds.
+EXPLAIN_TOP_K = 3
+EXPLAIN_TOP_K_MAX = 16
+EXPLAIN_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    top_k: int
+    threshold: float
+
+
+def explain_options(request: npb.SequenceRequest, spec: ModelSpec) -> ExplainOptions | None:
+    """The request's explanation options (None: no explanation); InvalidInput when bad."""
+    if not request.explain:
+        if request.explain_top_k or request.explain_threshold:
+            raise InvalidInput("explain_top_k and explain_threshold need explain: true")
+        return None
+    if spec.explain is None:
+        raise InvalidInput(
+            f"model {spec.name!r} version {spec.version} has no explain graph "
+            "(attention explanations need a model exported with one, e.g. transformer)"
+        )
+    if any(item.WhichOneof("steps") == "numeric" for item in request.sequences):
+        raise InvalidInput("explanations name events: send tokens or token_ids, not numeric")
+    top_k = request.explain_top_k or EXPLAIN_TOP_K
+    if top_k > EXPLAIN_TOP_K_MAX:
+        raise InvalidInput(f"explain_top_k is {top_k}; at most {EXPLAIN_TOP_K_MAX}")
+    threshold = request.explain_threshold or EXPLAIN_THRESHOLD
+    if not 0.0 < threshold <= 1.0:  # NaN fails too
+        raise InvalidInput("explain_threshold must lie in (0, 1] (0: the default 0.5)")
+    return ExplainOptions(top_k, float(threshold))
+
+
+def _explain_row(
+    result: npb.SequenceResult,
+    token_ids: np.ndarray,  # (T,) this row's tokens
+    scores: np.ndarray,  # (T,) position scores
+    attention: np.ndarray,  # (T, T) this row's attention, query x key
+    vocabulary: Sequence[str],
+    options: ExplainOptions,
+) -> None:
+    for p in np.flatnonzero(scores >= options.threshold).tolist():
+        row = attention[p]
+        # Highest weight first (ties: earlier position); zero weight is no attention.
+        order = np.argsort(-row, kind="stable")[: options.top_k]
+        explanation = result.explanations.add(
+            position=p, token=vocabulary[int(token_ids[p])], score=float(scores[p])
+        )
+        for j in order.tolist():
+            if row[j] > 0.0:
+                explanation.attended.add(
+                    position=j, token=vocabulary[int(token_ids[j])], weight=float(row[j])
+                )
+
+
 def encode_sequence(
-    request: npb.SequenceRequest, spec: ModelSpec, inputs: Tensors, outputs: Tensors
+    request: npb.SequenceRequest,
+    spec: ModelSpec,
+    inputs: Tensors,
+    outputs: Tensors,
+    explain: ExplainOptions | None = None,
 ) -> npb.SequenceResponse:
     seq = spec.sequence
     assert seq is not None
@@ -404,4 +464,14 @@ def encode_sequence(
         )
         if request.per_position and positions is not None:
             result.position_scores.extend(positions[r, : lengths[r]].tolist())
+        if explain is not None and spec.explain is not None and positions is not None:
+            n = lengths[r]
+            _explain_row(
+                result,
+                inputs[seq.tokens_input][r, :n],
+                positions[r, :n],
+                outputs[spec.explain.attention_output][r, :n, :n],
+                seq.vocabulary,
+                explain,
+            )
     return response

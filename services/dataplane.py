@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from services.batching import Timing
+from services.batching import Batcher, Timing
 from services.calls import CURRENT
 from services.errors import (
     DeadlineExpired,
@@ -155,8 +155,9 @@ class Request:
         self._entered = time.perf_counter()
         return self
 
-    async def infer(self, inputs: Tensors) -> Tensors:
-        """Validate, bound, queue and run one request's tensors; returns its outputs."""
+    async def infer(self, inputs: Tensors, batcher: Batcher | None = None) -> Tensors:
+        """Validate, bound, queue and run one request's tensors; returns its outputs.
+        `batcher`: another graph of the model (its explainer); default the main one."""
         self._rows = check_request(self.model.spec, inputs)
         size = sum(v.nbytes for v in inputs.values())
         plane = self._plane
@@ -169,7 +170,8 @@ class Request:
         plane.inflight_bytes += size
         self._bytes = size
         self._infer_start = time.perf_counter()
-        outputs = await self.model.batcher.infer(inputs, self._rows, self._deadline, self._timing)
+        runner = batcher or self.model.batcher
+        outputs = await runner.infer(inputs, self._rows, self._deadline, self._timing)
         self._inferred = time.perf_counter()
         return outputs
 

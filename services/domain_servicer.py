@@ -40,8 +40,11 @@ class PredictorServicer(npb_grpc.PredictorServicer):
         name, version = request.model_name, request.model_version
         async with self._plane.request("Sequence", name, version, deadline_of(context)) as scope:
             inputs = codec.decode_sequence(request, scope.model.domain)
-            outputs = await scope.infer(inputs)
-            return codec.encode_sequence(request, scope.model.spec, inputs, outputs)
+            explain = codec.explain_options(request, scope.model.spec)
+            # Only explain requests run the explain graph (it returns the scores too).
+            graph = scope.model.explainer if explain is not None else None
+            outputs = await scope.infer(inputs, graph)
+            return codec.encode_sequence(request, scope.model.spec, inputs, outputs, explain)
 
     async def DescribeModel(
         self, request: npb.DescribeModelRequest, context: Context

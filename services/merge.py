@@ -20,6 +20,8 @@ class BatchLayout:
 
     padded_inputs: dict[str, int | float]
     positional_outputs: frozenset[str]
+    # (B, T, T) outputs (an explain graph's attention): cut on axes 1 and 2.
+    pairwise_outputs: frozenset[str] = frozenset()
 
     @classmethod
     def for_model(cls, spec: ModelSpec) -> BatchLayout:
@@ -30,7 +32,8 @@ class BatchLayout:
         if seq.numeric_input:
             padded[seq.numeric_input] = 0.0
         positional = {o.name for o in spec.outputs if len(o.shape) >= 2 and o.shape[1] == -1}
-        return cls(padded, frozenset(positional))
+        pairwise = {seq.attention_output} if seq.attention_output else set()
+        return cls(padded, frozenset(positional - pairwise), frozenset(pairwise))
 
     def length_of(self, inputs: dict[str, np.ndarray]) -> int:
         """Padded length of a request (0 for models without a sequence axis)."""
@@ -74,8 +77,13 @@ class BatchLayout:
         for name, value in outputs.items():
             start = 0
             cut = name in self.positional_outputs
+            square = name in self.pairwise_outputs
             for i, n in enumerate(rows):
                 part = value[start : start + n]  # view, no copy
-                results[i][name] = part[:, : lengths[i]] if cut else part
+                if square:
+                    part = part[:, : lengths[i], : lengths[i]]
+                elif cut:
+                    part = part[:, : lengths[i]]
+                results[i][name] = part
                 start += n
         return results

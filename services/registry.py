@@ -77,6 +77,14 @@ class LoadedModel:
     single_row_seconds: float  # median ORT time of a one-row request, measured at load
     stats: InferStats = field(default_factory=InferStats)
     stepper: Stepper | None = None  # the step graph, for streaming sessions (model.json step)
+    # The explain graph's batcher (model.json "explain"); only explain requests use it.
+    explainer: Batcher | None = None
+
+    @property
+    def batchers(self) -> tuple[Batcher, ...]:
+        """Every batcher of this version (main, explain, step): all close and drain together."""
+        extra = (self.explainer, self.stepper.batcher if self.stepper is not None else None)
+        return (self.batcher, *(b for b in extra if b is not None))
 
     @property
     def name(self) -> str:
@@ -92,13 +100,13 @@ class LoadedModel:
 
     @property
     def busy(self) -> bool:
-        return self.batcher.busy or (self.stepper is not None and self.stepper.busy)
+        return any(b.busy for b in self.batchers)
 
     def close(self) -> None:
-        """Refuse new work (requests and session events); queued work still runs."""
-        self.batcher.close()
-        if self.stepper is not None:
-            self.stepper.close()
+        """Refuse new work on every batcher (requests, explanations, session events);
+        queued work still runs."""
+        for batcher in self.batchers:
+            batcher.close()
 
     @property
     def fallback_reason(self) -> str:
@@ -304,7 +312,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             # Blocking work (file reads, session creation, goldens) off the event loop.
-            spec, config, session, single_row, step = await asyncio.to_thread(
+            spec, config, session, explain, single_row, step = await asyncio.to_thread(
                 self._open, name, version
             )
         except ModelLoadError as exc:
@@ -316,7 +324,7 @@ class ModelRegistry:
             log.exception("model %s/%d: unexpected load failure", name, version)
             return self._failed(mv, f"load failed: {type(exc).__name__}: {exc}")
         mv.model = self._assemble(
-            spec, config, session, time.perf_counter() - start, single_row, step
+            spec, config, session, explain, time.perf_counter() - start, single_row, step
         )
         self._set_state(mv, ModelState.READY)
         log.info(
@@ -333,7 +341,9 @@ class ModelRegistry:
 
     def _open(
         self, name: str, version: int
-    ) -> tuple[ModelSpec, ServingConfig, ModelSession, float, ModelSession | None]:
+    ) -> tuple[
+        ModelSpec, ServingConfig, ModelSession, ModelSession | None, float, ModelSession | None
+    ]:
         root = self._settings.repository
         if not inside(root, root / name / str(version) / "model.json"):
             raise ModelLoadError("model.json resolves outside the model repository")
@@ -341,6 +351,22 @@ class ModelRegistry:
         if not inside(root, spec.onnx_file):
             raise ModelLoadError(f"{spec.onnx_file.name} resolves outside the model repository")
         config = self._settings.serving_config(name, spec.serving)
+        session = self._session(spec, config)
+        explain = None
+        if spec.explain is not None:
+            try:
+                explain = self._session(spec.explain.graph, config)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"explain graph: {exc}") from exc
+            if not inside(root, spec.explain.graph.onnx_file):
+                raise ModelLoadError("the explain graph resolves outside the model repository")
+        if spec.step is not None and not inside(root, spec.step.onnx_file):
+            raise ModelLoadError("the step graph resolves outside the model repository")
+        step = open_step(spec, config, self._settings)
+        return spec, config, session, explain, single_row_seconds(spec, session), step
+
+    def _session(self, spec: ModelSpec, config: ServingConfig) -> ModelSession:
+        """Open one graph of a model version: session, golden check, warm-up."""
         max_batch = config.max_batch_size
         session = open_session(
             spec,
@@ -351,21 +377,19 @@ class ModelRegistry:
         if self._settings.verify_goldens:
             check_goldens(spec, session)
         warm_up(spec, session, (1, max_batch))
-        return (
-            spec, config, session, single_row_seconds(spec, session),
-            open_step(spec, config, self._settings),
-        )  # fmt: skip
+        return session
 
     def _assemble(
         self,
         spec: ModelSpec,
         config: ServingConfig,
         session: ModelSession,
+        explain: ModelSession | None,
         load_seconds: float,
         single_row: float,
         step: ModelSession | None = None,
     ) -> LoadedModel:
-        """The one place a LoadedModel is built (with its batcher and metrics)."""
+        """The one place a LoadedModel is built (with its batchers and metrics)."""
         name, v = spec.name, str(spec.version)
         # The step batcher first: it publishes the static batch cap and queue delay, and
         # the model's own batcher (adaptive or not) then publishes its own over them.
@@ -378,18 +402,12 @@ class ModelRegistry:
         # when nothing else is in flight for it, saving two thread hand-offs.
         limit = self._settings.inline_max_compute_us * 1e-6
         inline = session.gpu_session is None and session.provider == CPU and single_row <= limit
-        batcher = Batcher(
-            f"{name}/{v}",
-            session,
-            BatchLayout.for_model(spec),
-            self._threads,
-            self._metrics.for_model(name, spec.version, session.providers),
-            config,
-            max_in_flight=self._settings.inference_threads,
-            inline=inline,
-            adaptive=self._adaptive(config),
-        )
+        batcher = self._batcher(spec, config, session, name, inline=inline)
         self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
+        explainer = None
+        if explain is not None and spec.explain is not None:
+            # Its batch metrics are labelled model="<name>:explain" (docs/metrics.md).
+            explainer = self._batcher(spec.explain.graph, config, explain, f"{name}:explain")
         self._metrics.model_load_seconds.labels(name, v, session.provider).set(load_seconds)
         self._metrics.model_info.labels(name, v, spec.family, spec.task, session.provider).set(1)
         if session.fallback_reason is not None:
@@ -398,9 +416,36 @@ class ModelRegistry:
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
         return LoadedModel(
-            spec, config, session, batcher, DomainModel(spec), load_seconds, single_row,
+            spec,
+            config,
+            session,
+            batcher,
+            DomainModel(spec),
+            load_seconds,
+            single_row,
             stepper=stepper,
-        )  # fmt: skip
+            explainer=explainer,
+        )
+
+    def _batcher(
+        self,
+        spec: ModelSpec,
+        config: ServingConfig,
+        session: ModelSession,
+        label: str,
+        inline: bool = False,
+    ) -> Batcher:
+        return Batcher(
+            f"{label}/{spec.version}",
+            session,
+            BatchLayout.for_model(spec),
+            self._threads,
+            self._metrics.for_model(label, spec.version, session.providers),
+            config,
+            max_in_flight=self._settings.inference_threads,
+            inline=inline,
+            adaptive=self._adaptive(config),
+        )
 
     def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:
         target_ms = self._settings.latency_target_ms
@@ -442,7 +487,7 @@ class ModelRegistry:
             return
         model.close()
         deadline = time.monotonic() + self._settings.drain_grace_seconds
-        while model.busy or model.batcher.inflight > 0:
+        while any(b.busy or b.inflight > 0 for b in model.batchers):
             if time.monotonic() > deadline:
                 log.warning("model %s/%d: retired with requests still running", mv.name, mv.version)
                 break

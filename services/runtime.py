@@ -176,7 +176,7 @@ def _create(
             str(spec.onnx_file), _session_options(intra_op_threads), providers=providers
         )
     except Exception as exc:  # ORT raises several types for bad graphs
-        raise ModelLoadError(f"ONNX Runtime cannot load model.onnx: {exc}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {spec.onnx_file.name}: {exc}") from exc
 
 
 def open_session(
@@ -191,7 +191,8 @@ def open_session(
     actual = sha256_of(spec.onnx_file)
     if actual != spec.sha256:
         raise ModelLoadError(
-            f"model.onnx sha256 {actual[:12]}... does not match model.json {spec.sha256[:12]}..."
+            f"{spec.onnx_file.name} sha256 {actual[:12]}... does not match model.json "
+            f"{spec.sha256[:12]}..."
         )
     if policy is DevicePolicy.REQUIRE_GPU and CUDA not in available_providers():
         raise ModelLoadError(

@@ -142,10 +142,11 @@ class Settings(BaseSettings):
     max_connection_age_grace_seconds: float = 30.0
     """Time calls on an aged connection get to finish before it is closed."""
 
-    inline_max_compute_us: float = 50.0
-    """Run a request on the event loop, without the inference-thread hand-off, when its
-    model's one-row run measured at most this (microseconds, at load) and nothing else
-    is in flight for the model; 0 disables the inline fast path."""
+    inline_max_compute_us: float = 0.0
+    """Run a one-row request on the event loop, without the inference-thread hand-off, when
+    its model's one-row run measured at most this (microseconds, at load) and nothing is
+    queued or running for the model; 0 (the default) disables the inline fast path.
+    Off by default: under sustained load inline requests do not batch (docs/benchmarks.md)."""
 
     latency_target_ms: float | None = None
     """Closed-loop batching: adjust each model's batch cap and queue delay under load to

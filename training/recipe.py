@@ -50,6 +50,19 @@ class StepRecipe:
 
 
 @dataclass(frozen=True)
+class Explainer:
+    """An optional second graph that also returns an explanation (docs/model-json.md,
+    "explain"): the same inputs as the main graph, its outputs plus one more. Export
+    writes it beside the main graph; the services run it only for requests that ask."""
+
+    signature: Callable[[dict[str, Any]], Signature]  # checkpoint data metadata -> graph
+    module: Callable[[nn.Module], nn.Module]  # trained model -> module of that signature
+    golden_cases: GoldenCases  # its golden cases (stored ones go into model.json)
+    attention_output: str  # the extra output's name
+    definition: str  # what the extra output holds, recorded in model.json
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str  # model name in the repository
     family: str  # perceptron|mlp|cnn|lstm|transformer
@@ -69,3 +82,4 @@ class Recipe:
     extra: Callable[[Any, Dataset, nn.Module], Extra] | None = None
     monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)
     step: StepRecipe | None = None  # families that can score a stream event by event
+    explainer: Explainer | None = None  # an explain graph beside the main one

@@ -109,3 +109,19 @@ def lstm_step(
             ],
         },
     )
+
+
+ATTENTION_OUTPUT = "attention"
+
+
+def token_sequence_attention(metadata: dict[str, Any]) -> Signature:
+    """token_sequence plus attention (B, T, T): row i is position i's attention over
+    the positions (the explain graph of an attention model, docs/model-json.md)."""
+    base = token_sequence(metadata)
+    b, t = BATCH_AXIS, SEQUENCE_AXIS
+    return Signature(
+        inputs=base.inputs,
+        outputs=(*base.outputs, tensor(ATTENTION_OUTPUT, "FP32", b, t, t)),
+        section=base.section,
+        axis_max=base.axis_max,
+    )

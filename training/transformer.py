@@ -11,15 +11,16 @@ hinges on "the previous event of the same life cycle", a relative-position notio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training import goldens, signatures
-from training.recipe import Recipe
+from training.recipe import Explainer, Recipe
 from training.sequence import (
     SequenceConfig,
     is_last_position,
@@ -63,18 +64,41 @@ class EncoderBlock(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D); bias (B, nh, T, T) additive attention bias (-inf at padded keys)."""
+    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """3 x (B, nh, T, hd): queries, keys and values of ln(x)."""
         b, t, d = x.shape
         hd = d // self.heads
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)  # 3 x (B, T, D)
         q = q.view(b, t, self.heads, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(b, t, self.heads, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(b, t, self.heads, hd).transpose(1, 2)  # (B, nh, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, T, hd)
+        return q, k, v
+
+    def _merge(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
         y = y.transpose(1, 2).reshape(b, t, d)  # (B, nh, T, hd) -> (B, T, D)
         x = x + self.drop(self.proj(y))
         return x + self.ff(self.norm2(x))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D); bias (B, nh, T, T) additive attention bias (-inf at padded keys)."""
+        q, k, v = self._split_heads(x)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, T, hd)
+        return self._merge(x, y)
+
+    def forward_with_weights(
+        self, x: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(), plus the attention weights (B, nh, T, T) it used.
+
+        scaled_dot_product_attention does not return its weights, so this spells out
+        the same maths (softmax(q k^T / sqrt(hd) + bias) v); only the explain graph
+        runs it, the main graph keeps the fused kernel.
+        """
+        q, k, v = self._split_heads(x)
+        scores = q @ k.transpose(2, 3) / math.sqrt(q.shape[3]) + bias  # (B, nh, T, T)
+        weights = scores.softmax(dim=3)
+        return self._merge(x, weights @ v), weights
 
 
 def directional_slopes(heads: int, look_ahead: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,16 +161,27 @@ class TransformerDetector(nn.Module):
         self.position_head = nn.Sequential(nn.Linear(2 * d + 1, d), nn.ReLU(), nn.Linear(d, 1))
 
     def logits(
-        self, tokens: torch.Tensor, lengths: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        weights: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sequence logits (B, 2), position logits (B, T), mask (B, T))."""
+        """(sequence logits (B, 2), position logits (B, T), mask (B, T)).
+
+        With ``weights`` (a list), each block's attention weights (B, nh, T, T) are
+        appended to it, first block first.
+        """
         tokens, lengths, mask = sanitize_inputs(tokens, lengths, self.vocab_size, self.unknown_id)
         b, t = tokens.shape
         positions = torch.arange(t, device=tokens.device)
         x = self.embed(tokens) + self.position(positions).unsqueeze(0)  # (B, T, D)
         bias = attention_bias(mask, self.slopes, self.directions)  # (B, nh, T, T)
         for block in self.blocks:
-            x = block(x, bias)
+            if weights is None:
+                x = block(x, bias)
+            else:
+                x, w = cast(EncoderBlock, block).forward_with_weights(x, bias)
+                weights.append(w)
         x = self.norm(x)
         d = x.shape[2]
         m = mask.unsqueeze(2).to(x.dtype)  # (B, T, 1)
@@ -174,6 +209,46 @@ class TransformerDetector(nn.Module):
         return seq_logits.softmax(dim=1), masked_position_scores(pos_logits, mask)
 
 
+def attention_explanation(weights: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, T): row i is how much position i attends to each position j, averaged
+    over every head of every encoder block; rows and columns of padded positions are
+    exactly 0, and each real row sums to 1.
+
+    Look-back heads attend only to earlier events (to itself only where there is none:
+    the first event), so row i spreads over the events before i. Why this average (and
+    not the last block alone or attention rollout): on constructed "missing step" runs
+    it points at the broken life cycle most often (docs/explanations.md).
+    """
+    mean = torch.stack(weights).mean(dim=(0, 2))  # (L, B, nh, T, T) -> (B, T, T)
+    real = mask.unsqueeze(2) & mask.unsqueeze(1)  # (B, T, T): query and key are real
+    return torch.where(real, mean, torch.zeros_like(mean))
+
+
+class AttentionExplainer(nn.Module):
+    """The explain graph: the detector's two outputs plus attention_explanation."""
+
+    def __init__(self, detector: TransformerDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(
+        self, tokens: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weights: list[torch.Tensor] = []
+        seq_logits, pos_logits, mask = self.detector.logits(tokens, lengths, weights)
+        return (
+            seq_logits.softmax(dim=1),
+            masked_position_scores(pos_logits, mask),
+            attention_explanation(weights, mask),
+        )
+
+
+def explainer(model: nn.Module) -> nn.Module:
+    if not isinstance(model, TransformerDetector):
+        raise TypeError(f"expected a TransformerDetector, got {type(model).__name__}")
+    return AttentionExplainer(model)
+
+
 def build_model(config: TransformerConfig, metadata: dict[str, Any]) -> TransformerDetector:
     return TransformerDetector(config, metadata)
 
@@ -195,4 +270,11 @@ RECIPE = Recipe(
     quality_bar=("f1", 0.95),
     signature=signatures.token_sequence,
     golden_cases=goldens.token_sequence,
+    explainer=Explainer(
+        signature=signatures.token_sequence_attention,
+        module=explainer,
+        golden_cases=goldens.token_sequence_small,
+        attention_output=signatures.ATTENTION_OUTPUT,
+        definition="mean_over_blocks_and_heads",
+    ),
 )

@@ -35,9 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import nnserve_pb2, nnserve_pb2_grpc
 
 __all__ = [
+    "AttendedEvent",
     "ClassScore",
     "Classification",
     "ClassifyResult",
+    "ExplainOptions",
+    "Explanation",
     "ModelDescription",
     "NNServeClient",
     "NNServeError",
@@ -97,6 +100,31 @@ class ClassifyResult:
 
 
 @dataclass(frozen=True)
+class ExplainOptions:
+    """Ask for attention explanations (0: the server's defaults, top 3 at score 0.5)."""
+
+    top_k: int = 0
+    threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class AttendedEvent:
+    position: int
+    token: str
+    weight: float  # attention weight
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A flagged event and the events it attended to most (highest weight first)."""
+
+    position: int
+    token: str
+    score: float  # its position score
+    attended: tuple[AttendedEvent, ...]
+
+
+@dataclass(frozen=True)
 class SequenceScores:
     """The answer for one sequence."""
 
@@ -106,6 +134,7 @@ class SequenceScores:
     length: int
     position_scores: tuple[float, ...]  # P(anomalous) per step, when asked for
     steps: tuple[str | int, ...]  # the tokens / ids sent (empty for numeric steps)
+    explanations: tuple[Explanation, ...] = ()  # when explain was asked for
 
 
 @dataclass(frozen=True)
@@ -224,6 +253,15 @@ def _sequence_scores(pb: nnserve_pb2.SequenceResult, steps: tuple) -> SequenceSc
         length=pb.length,
         position_scores=tuple(pb.position_scores),
         steps=steps,
+        explanations=tuple(
+            Explanation(
+                position=e.position,
+                token=e.token,
+                score=e.score,
+                attended=tuple(AttendedEvent(a.position, a.token, a.weight) for a in e.attended),
+            )
+            for e in pb.explanations
+        ),
     )
 
 
@@ -280,6 +318,7 @@ def _sequence_request(
     sequences: Sequence[Sequence[str] | Sequence[int] | np.ndarray],
     per_position: bool,
     version: str,
+    explain: ExplainOptions | None = None,
 ) -> tuple[nnserve_pb2.SequenceRequest, list[tuple]]:
     """The request and each sequence's steps as sent (kept for the result)."""
     encoded = [_sequence_input(s) for s in sequences]
@@ -289,6 +328,10 @@ def _sequence_request(
         sequences=[pb for pb, _ in encoded],
         per_position=per_position,
     )
+    if explain is not None:
+        request.explain = True
+        request.explain_top_k = explain.top_k
+        request.explain_threshold = explain.threshold
     return request, [steps for _, steps in encoded]
 
 
@@ -526,10 +569,12 @@ class NNServeClient:
         per_position: bool = True,
         *,
         version: str = "",
+        explain: ExplainOptions | None = None,
     ) -> SequenceResult:
         """Score variable-length sequences of event names, token ids, or numeric
-        (length, features) float arrays."""
-        request, steps = _sequence_request(model, sequences, per_position, version)
+        (length, features) float arrays. With ``explain``, each flagged event comes
+        with the events it attended to most (models with an explain graph)."""
+        request, steps = _sequence_request(model, sequences, per_position, version, explain)
         return _sequence_result(self._call(self._predictor.Sequence, request), steps)
 
     def stream(self, model: str, *, version: str = "") -> StreamSession:

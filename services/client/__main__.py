@@ -10,6 +10,7 @@
     python -m services.client logs lstm --file events.txt   (one event per line)
     python -m services.client logs lstm --follow app.log    (or - for stdin: a streaming
         session scores each line as it is appended and prints the anomalous ones)
+    python -m services.client logs transformer --events "..." --explain   (why flagged)
 
 --address HOST:PORT (default $NNSERVE_ADDRESS, else 127.0.0.1:50051, or :50052 for
 `logs`), --timeout SECONDS and --json (machine-readable output) go before or after
@@ -37,10 +38,12 @@ from typing import Any
 from services.client import (
     DEFAULT_TIMEOUT_S,
     ClassifyResult,
+    ExplainOptions,
     ModelDescription,
     NNServeClient,
     NNServeError,
     SequenceResult,
+    SequenceScores,
     ServingStatus,
     StreamEventScore,
 )
@@ -170,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="mark positions whose anomaly score is above this (default 0.5)",
     )
+    logs.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each flagged event, show the earlier events it attended to most "
+        "(models with an explain graph, e.g. transformer)",
+    )
+    logs.add_argument(
+        "--top-k", type=int, default=3, help="attended events shown per flagged event (1..16)"
+    )
     logs.add_argument("--version", default="")
     return parser
 
@@ -222,6 +234,14 @@ def _print_sequences(result: SequenceResult, threshold: float) -> None:
             flagged += p > threshold
             print(f"  {pos:>3}  {name:<{width}}  {p:.4f}{mark}")
         print(f"{s.length} events, {flagged} flagged (score > {threshold:g})")
+        _print_explanations(s)
+
+
+def _print_explanations(s: SequenceScores) -> None:
+    for e in s.explanations:
+        print(f"\nevent {e.position} {e.token} ({e.score:.4f}) attended most to:")
+        for a in e.attended:
+            print(f"  {a.position:>3}  {a.token:<32}  {a.weight:.3f}")
 
 
 def _print_description(d: ModelDescription) -> None:
@@ -297,6 +317,8 @@ def _digit(client: NNServeClient, opts: argparse.Namespace) -> int:
 
 def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
     if opts.follow is not None:
+        if opts.explain:  # a streaming session runs the step graph, which has no attention
+            raise InputError("--explain works with --events or --file, not --follow")
         return _follow(client, opts)
     if opts.file is not None:
         try:
@@ -306,7 +328,16 @@ def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
     else:
         text = opts.events
     events = parse_events(text)
-    result = client.score_sequences(opts.model, [events], per_position=True, version=opts.version)
+    explain = None
+    if opts.explain:
+        if not 1 <= opts.top_k <= 16:
+            raise InputError("--top-k must be 1..16")
+        if not 0.0 < opts.threshold <= 1.0:
+            raise InputError("--explain needs a --threshold in (0, 1]")
+        explain = ExplainOptions(top_k=opts.top_k, threshold=opts.threshold)
+    result = client.score_sequences(
+        opts.model, [events], per_position=True, version=opts.version, explain=explain
+    )
     if opts.json:
         data = dataclasses.asdict(result)
         for r in data["results"]:

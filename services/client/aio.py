@@ -24,6 +24,7 @@ from protos import nnserve_pb2, nnserve_pb2_grpc
 from services.client import (
     DEFAULT_TIMEOUT_S,
     ClassifyResult,
+    ExplainOptions,
     ModelDescription,
     NNServeError,
     PathLike,
@@ -140,9 +141,10 @@ class AsyncNNServeClient:
         per_position: bool = True,
         *,
         version: str = "",
+        explain: ExplainOptions | None = None,
     ) -> SequenceResult:
         """See :meth:`services.client.NNServeClient.score_sequences`."""
-        request, steps = _sequence_request(model, sequences, per_position, version)
+        request, steps = _sequence_request(model, sequences, per_position, version, explain)
         return _sequence_result(await self._call(self._predictor.Sequence, request), steps)
 
     async def describe(self, model: str, *, version: str = "") -> ModelDescription:
