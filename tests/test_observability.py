@@ -106,7 +106,8 @@ class Stack:
             result = self.prom.wait_for(
                 f"timestamp({name})",
                 lambda r: (
-                    {s["metric"]["model"] for s in r} == models
+                    # Extra graphs batch under "<model>:explain" (docs/metrics.md).
+                    {s["metric"]["model"] for s in r if ":" not in s["metric"]["model"]} == models
                     and all(float(s["value"][1]) > self.final_seen for s in r)
                 ),
                 timeout=SCRAPE_TIMEOUT,

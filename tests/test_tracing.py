@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,9 @@ def test_request_span_continues_the_callers_trace_with_stage_children(
     request = infer_request("mlp", golden_inputs(model_repository, "mlp"))
     metadata = (("traceparent", TRACEPARENT), ("x-request-id", "trace-test-1"))
     stub.ModelInfer(request, metadata=metadata, timeout=10)
+    deadline = time.monotonic() + 5  # the call's span ends as the handler returns
+    while len(_spans(exporter, TRACE_ID)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     spans = _spans(exporter, TRACE_ID)
     (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert root.name == "inference.GRPCInferenceService/ModelInfer"
@@ -77,6 +81,10 @@ def test_untraced_callers_start_a_trace_and_failures_mark_the_span(
     stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
     with pytest.raises(grpc.RpcError):
         stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), timeout=10)
+    # The status reaches the client as the server aborts; the span ends right after.
+    deadline = time.monotonic() + 5
+    while not exporter.get_finished_spans() and time.monotonic() < deadline:
+        time.sleep(0.01)
     (span,) = exporter.get_finished_spans()
     assert span.parent is None
     assert span.status.status_code is StatusCode.ERROR
