@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from tests.process_harness import end_process
 from tests.prometheus_server import missing_tool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -176,12 +177,7 @@ class EnvoyProxy:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            end_process(proc)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -24,6 +24,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def end_process(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Stop a process the test started: SIGTERM, then SIGKILL if it lingers."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[str]

@@ -38,6 +38,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.process_harness import end_process
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 STACK_RULE_FILES: tuple[Path, ...] = (
@@ -198,12 +200,7 @@ class PrometheusServer:
         """Stops the process (SIGTERM, then SIGKILL) and removes its data."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            end_process(proc)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
