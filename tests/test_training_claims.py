@@ -80,6 +80,11 @@ def test_recurrent_classifier_decides_from_the_last_real_event() -> None:
     rnn = memory.RecurrentClassifier(memory.GapConfig(cell="rnn", hidden=8), meta)
     lstm = memory.RecurrentClassifier(memory.GapConfig(cell="lstm", hidden=8), meta)
     assert rnn.recurrent.hidden_size == lstm.recurrent.hidden_size == 8
+    # Chrono initialisation: forget bias in [0, log(max_length - 1)], input bias its negative.
+    bias = (lstm.recurrent.bias_ih_l0 + lstm.recurrent.bias_hh_l0).detach()
+    forget, input_ = bias[8:16], bias[:8]
+    assert torch.all(forget >= 0) and torch.all(forget <= np.log(meta["max_length"] - 1))
+    torch.testing.assert_close(input_, -forget)
     with pytest.raises(ValueError, match="cell"):
         memory.RecurrentClassifier(memory.GapConfig(cell="gru"), meta)
 

@@ -13,7 +13,6 @@ class TrainConfig:
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 128
     lr: float = 3e-3  # AdamW peak learning rate, cosine-decayed to 0 over `epochs`
-    warmup_epochs: float = 0.0  # linear ramp from 0 to `lr` over this many epochs first
     weight_decay: float = 1e-4
     patience: int = 6  # epochs without validation improvement before stopping
     min_delta: float = 1e-4  # a smaller validation improvement does not reset patience

@@ -498,10 +498,17 @@ def _memory_section(f: Findings) -> list[str]:
         "a random prefix of 0-7 events; every other event is drawn at random from the other",
         "normal events. Both models read the sequence in order and classify it from their",
         f"state at the last event (embedding {config.embed_dim}, hidden size "
-        f"{config.hidden}, {config.n_samples} sequences per gap and seed, up to "
-        f"{config.epochs} epochs). Chance is {memory.CHANCE:g}. A model *reaches* a gap",
-        f"when every seed is at least {memory.REACH_ACCURACY:g} accurate there and at every",
-        "shorter gap.",
+        f"{config.hidden}, {config.n_samples} sequences per gap and seed, "
+        f"{config.epochs} epochs, the best validation epoch kept). "
+        + (
+            "The LSTM's gate biases start from chrono initialisation (Tallec & Ollivier,"
+            " 2018: memory time scales spread up to the sequence length); the RNN has no"
+            " gates to initialise. "
+            if config.chrono_init
+            else ""
+        )
+        + f"Chance is {memory.CHANCE:g}. A model *reaches* a gap when every seed is at least"
+        f" {memory.REACH_ACCURACY:g} accurate there and at every shorter gap.",
         "",
         "| model | parameters | seed | " + " | ".join(f"gap {g}" for g in r.gaps) + " |",
         "|---|---|---|" + "---|" * len(r.gaps),

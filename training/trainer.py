@@ -63,24 +63,6 @@ def _subset(split: Split, n: int) -> Split:
     return {k: v[:n] for k, v in split.items()}
 
 
-def _schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine decay to 0 over ``total_steps``, after a linear warm-up when asked for.
-
-    Attention models take large, erratic first steps at the full learning rate (the
-    Transformer at lr 5e-3 without warm-up ended far below its bar); a short ramp
-    avoids that. Without warm-up this is exactly the plain cosine schedule.
-    """
-    if warmup_steps <= 0:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    warm = torch.optim.lr_scheduler.LinearLR(
-        optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps
-    )
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, decay], [warmup_steps])
-
-
 def fit(
     model: nn.Module,
     recipe: Recipe,
@@ -106,9 +88,9 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    total_steps = max(1, epochs * steps_per_epoch)
-    warmup = 0 if dry_run else min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch))
-    scheduler = _schedule(optimizer, total_steps, warmup)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, epochs * steps_per_epoch)
+    )
     result = FitResult()
     best_score = -math.inf
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())

@@ -36,11 +36,11 @@ class GapConfig(TrainConfig):
     n_samples: int = 4000  # generated sequences (70/10/20 train/val/test)
     embed_dim: int = 16
     hidden: int = 64
-    forget_bias: float = 1.0  # LSTM only: start by keeping the cell state (the usual recipe)
-    epochs: int = 12
+    chrono_init: bool = True  # LSTM only: gate biases for memories up to the sequence length
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 3e-3
-    patience: int = 4
+    patience: int = 10  # = epochs: both models get the full budget (best epoch still kept)
 
 
 class RecurrentClassifier(nn.Module):
@@ -57,13 +57,23 @@ class RecurrentClassifier(nn.Module):
             if config.cell == "lstm"
             else nn.RNN(config.embed_dim, config.hidden, batch_first=True)  # tanh
         )
-        if isinstance(self.recurrent, nn.LSTM):
-            # Gate order i, f, g, o; the two bias vectors add up, so set one, zero the other.
-            h = config.hidden
-            with torch.no_grad():
-                self.recurrent.bias_ih_l0[h : 2 * h].fill_(config.forget_bias)
-                self.recurrent.bias_hh_l0[h : 2 * h].zero_()
+        if config.cell == "lstm" and config.chrono_init:
+            self._chrono_init(config.hidden, int(metadata["max_length"]))
         self.head = nn.Linear(config.hidden, 2)
+
+    def _chrono_init(self, h: int, t_max: int) -> None:
+        """Chrono initialisation (Tallec & Ollivier, ICLR 2018): forget-gate bias
+        log(U(1, t_max - 1)), input-gate bias its negative, so the cells start with memory
+        time scales spread up to the sequence length. With the common forget bias of 1
+        instead, the LSTM found the gap-64 event on some seeds within 20 epochs and
+        stayed at chance on others."""
+        bias_ih, bias_hh = self.recurrent.bias_ih_l0, self.recurrent.bias_hh_l0
+        assert isinstance(bias_ih, torch.Tensor) and isinstance(bias_hh, torch.Tensor)
+        forget = torch.log(torch.empty(h).uniform_(1.0, max(2.0, t_max - 1.0)))
+        with torch.no_grad():  # gate order i, f, g, o; the two bias vectors add up
+            bias_ih[:h] = -forget
+            bias_ih[h : 2 * h] = forget
+            bias_hh[: 2 * h] = 0.0
 
     def logits(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         states, _ = self.recurrent(self.embed(tokens))  # (B, T, H); causal: padding after

@@ -73,6 +73,7 @@ def run_seeds(
                 runs_dir=work_dir / f"seed-{seed}",
                 overrides={**(overrides or {}).get(name, {}), "seed": seed},
                 progress=progress,
+                curves=False,  # the report draws the reference seed's curves itself
             )
     return results
 
