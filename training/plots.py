@@ -128,7 +128,8 @@ def seed_quality(rows: list[tuple[str, str, float, list[float]]], path: Path) ->
     """Per model: each seed's held-out metric (dots), their mean (bar) and the quality bar."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     for i, (_, _, bar, values) in enumerate(rows):
-        ax.bar(i, float(np.mean(values)), width=0.5, color="#c6dbef", edgecolor="tab:blue")
+        # A short line for the mean, not a bar: the axis does not start at 0.
+        ax.hlines(float(np.mean(values)), i - 0.25, i + 0.25, colors="black", linewidth=1.5)
         _seed_dots(ax, i, values, "tab:blue")
         ax.hlines(bar, i - 0.3, i + 0.3, colors="tab:red", linewidth=2, zorder=4)
         ax.text(i, bar, f"bar {bar:g}", color="tab:red", ha="center", va="top", fontsize=7)
@@ -136,7 +137,7 @@ def seed_quality(rows: list[tuple[str, str, float, list[float]]], path: Path) ->
     low = min(min(min(v), b) for _, _, b, v in rows)
     ax.set_ylim(max(0.0, low - 0.02), 1.0)
     ax.set_ylabel("held-out metric")
-    ax.set_title("every model on every seed: dots = seeds, bar = mean, red = quality bar")
+    ax.set_title("every model on every seed: dots = seeds, black = mean, red = quality bar")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -148,21 +149,24 @@ def grouped_seeds(
     ylabel: str,
     title: str,
     ax: Axes,
+    bars: bool = True,
 ) -> None:
-    """Bars of the seed mean per (group, series), seed values as dots on top."""
+    """The seed mean per (group, series), seed values as dots on top.
+
+    ``bars=False`` marks the mean with a short line instead of a bar, for an axis that
+    does not start at 0 (a cut-off bar would misstate the ratio).
+    """
     width = 0.8 / len(series)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (name, per_group) in enumerate(series.items()):
         for g, values in enumerate(per_group):
             x = g - 0.4 + width * (k + 0.5)
-            ax.bar(
-                x,
-                float(np.mean(values)),
-                width=width * 0.9,
-                color=colors[k],
-                alpha=0.45,
-                label=name if g == 0 else None,
-            )
+            mean = float(np.mean(values))
+            label = name if g == 0 else None
+            if bars:
+                ax.bar(x, mean, width=width * 0.9, color=colors[k], alpha=0.45, label=label)
+            else:
+                ax.hlines(mean, x - width * 0.35, x + width * 0.35, colors=colors[k], label=label)
             _seed_dots(ax, x, values, colors[k])
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
@@ -174,7 +178,9 @@ def grouped_seeds(
 def spatial(test_sets: list[str], accuracy: dict[str, list[list[float]]], path: Path) -> Path:
     """CNN vs MLP accuracy on the held-out and the shifted digits."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    grouped_seeds(test_sets, accuracy, "accuracy", "digits: CNN vs MLP of similar size", ax)
+    grouped_seeds(
+        test_sets, accuracy, "accuracy (dots: seeds, line: mean)", "digits: CNN vs MLP", ax, False
+    )
     low = min(min(min(v) for v in per) for per in accuracy.values())
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     fig.tight_layout()
