@@ -212,6 +212,7 @@ def test_tiny_report_writes_every_section_and_plot(tiny_report: tuple[Path, str,
     for seed in TINY_PLAN.seeds:
         for name in MODEL_NAMES:
             assert (out / "work" / f"seed-{seed}" / name / "checkpoint.pt").is_file()
+            assert not (out / "work" / f"seed-{seed}" / name / "curves.png").exists()
 
 
 def test_tiny_report_seed_table(tiny_report: tuple[Path, str, str]) -> None:

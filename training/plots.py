@@ -162,7 +162,7 @@ def grouped_seeds(
         for g, values in enumerate(per_group):
             x = g - 0.4 + width * (k + 0.5)
             mean = float(np.mean(values))
-            label = name if g == 0 else None
+            label = name if g == 0 else "_nolegend_"  # one legend entry per series
             if bars:
                 ax.bar(x, mean, width=width * 0.9, color=colors[k], alpha=0.45, label=label)
             else:
@@ -220,33 +220,53 @@ def speed(
     step_lengths: list[int],
     step_ms: dict[str, list[float]],
     latency_lengths: list[int],
-    latency: dict[str, dict[str, list[float]]],
+    latency: dict[str, dict[str, dict[str, list[float]]]],
     path: Path,
 ) -> Path:
-    """CPU s per epoch, training step ms by length, and inference latency by length."""
-    fig, axes = plt.subplots(1, 2 + len(latency), figsize=(4.6 * (2 + len(latency)), 3.8))
+    """CPU s per epoch, training step ms by length, and inference latency by length.
+
+    ``latency``: panel title -> runtime -> model -> ms by length; one colour per model,
+    one line style per runtime.
+    """
+    panels = 2 + len(latency)
+    cols = 2
+    rows = (panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.8 * rows), squeeze=False)
+    flat = list(axes.ravel())
     grouped_seeds(
         ["per epoch"],
         {m: [v] for m, v in epoch_cpu.items()},
-        "CPU seconds",
+        "CPU seconds (dots: seeds)",
         "training time per epoch",
-        axes[0],
+        flat[0],
     )
     by_length(
         [str(n) for n in step_lengths],
         step_ms,
-        "ms per step (median)",
+        "ms per step (fastest run)",
         "training step, batch 64",
-        axes[1],
+        flat[1],
     )
-    for ax, (batch, series) in zip(axes[2:], latency.items(), strict=True):
-        by_length(
-            [str(n) for n in latency_lengths],
-            series,
-            "ms per batch (median)",
-            f"inference, {batch}",
-            ax,
-            log=True,
-        )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":"]
+    for ax, (title, runtimes) in zip(flat[2:], latency.items(), strict=False):
+        for r, (runtime, series) in enumerate(runtimes.items()):
+            for m, (model, values) in enumerate(series.items()):
+                ax.plot(
+                    [str(n) for n in latency_lengths],
+                    values,
+                    marker="o",
+                    color=colors[m],
+                    linestyle=styles[r % len(styles)],
+                    label=f"{model} ({runtime})",
+                )
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("ms per batch (fastest run)")
+        ax.set_title(f"inference, {title}")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
