@@ -56,7 +56,7 @@ export: venv           ## export every trained model as a new version (parity-ga
 models: venv           ## train + export only what the repository lacks
 	$(PY) -m export --model all --if-missing --repository $(REPOSITORY)
 
-report: venv           ## training report with plots in reports/training/
+report: venv           ## train every model on 3 seeds + measure each family's claim -> reports/training/
 	$(PY) -m training.report
 
 serve-classify: models

@@ -17,10 +17,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, choices=[*MODEL_NAMES, "all"])
     parser.add_argument("--dry-run", action="store_true", help="one optimisation step each")
     parser.add_argument("--runs", default="runs", help="output folder (default: runs)")
-    parser.add_argument(
-        "--no-report", action="store_true", help="with --model all: skip reports/training"
-    )
-    parser.add_argument("--report-dir", default="reports/training")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser.parse_args(argv)
 
@@ -48,11 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run and not bar["passed"]:
             failed.append(name)
     print(f"total {time.perf_counter() - start:.1f}s for {len(names)} model(s)")
-    if args.model == "all" and not args.dry_run and not args.no_report:
-        from training.report import write_report
-
-        # PyTorch latency only: model_repository may still hold graphs of older runs.
-        print(f"report: {write_report(args.runs, args.report_dir, repository=None)}")
+    if args.model == "all" and not args.dry_run:
+        print("report (trains its own runs on several seeds): python -m training.report")
     if failed:
         print(f"error: quality bar missed by: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -54,12 +54,14 @@ def train(
     runs_dir: str | os.PathLike[str] = "runs",
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
+    curves: bool = True,
 ) -> TrainResult:
     """Train ``name``, evaluate on its held-out split and write checkpoint + metrics.
 
     ``overrides`` replace config defaults (e.g. ``{"epochs": 2}`` for quick tests).
     ``dry_run`` runs one optimisation step and writes ``checkpoint.dry-run.pt`` instead
-    of ``checkpoint.pt``, so a smoke run never replaces a real model.
+    of ``checkpoint.pt``, so a smoke run never replaces a real model. ``curves=False``
+    skips ``curves.png`` (the report draws its own; a plot costs about a second).
     """
     recipe = get_recipe(name)
     config = recipe.config_cls.from_dict({**recipe.config_cls().to_dict(), **(overrides or {})})
@@ -111,7 +113,7 @@ def train(
     (run_dir / f"metrics{suffix}.json").write_text(
         json.dumps({"name": name, **metrics, "history": result.history}, indent=2) + "\n"
     )
-    if not dry_run:
+    if curves and not dry_run:
         plots.curves(result.history, name, recipe.monitor, run_dir / "curves.png")
     log.info(
         "%s: held-out %s=%.4f (bar %.2f) in %.1fs -> %s",

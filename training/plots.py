@@ -112,17 +112,161 @@ def by_length(
     ax.legend()
 
 
-def sequence_comparison(
-    acc_buckets: list[str],
-    accuracy: dict[str, list[float]],
-    lat_lengths: list[str],
-    latency: dict[str, dict[str, list[float]]],
+def accuracy_by_length(buckets: list[str], accuracy: dict[str, list[float]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    by_length(buckets, accuracy, "sequence accuracy", "held-out accuracy by length", ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _seed_dots(ax: Axes, x: float, values: list[float], color: str) -> None:
+    offsets = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(1)
+    ax.scatter(x + offsets, values, s=14, color=color, edgecolor="black", linewidth=0.4, zorder=3)
+
+
+def seed_quality(rows: list[tuple[str, str, float, list[float]]], path: Path) -> Path:
+    """Per model: each seed's held-out metric (dots), their mean (bar) and the quality bar."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for i, (_, _, bar, values) in enumerate(rows):
+        # A short line for the mean, not a bar: the axis does not start at 0.
+        ax.hlines(float(np.mean(values)), i - 0.25, i + 0.25, colors="black", linewidth=1.5)
+        _seed_dots(ax, i, values, "tab:blue")
+        ax.hlines(bar, i - 0.3, i + 0.3, colors="tab:red", linewidth=2, zorder=4)
+        ax.text(i, bar, f"bar {bar:g}", color="tab:red", ha="center", va="top", fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{n}\n({m})" for n, m, _, _ in rows])
+    low = min(min(min(v), b) for _, _, b, v in rows)
+    ax.set_ylim(max(0.0, low - 0.02), 1.0)
+    ax.set_ylabel("held-out metric")
+    ax.set_title("every model on every seed: dots = seeds, black = mean, red = quality bar")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def grouped_seeds(
+    groups: list[str],
+    series: dict[str, list[list[float]]],
+    ylabel: str,
+    title: str,
+    ax: Axes,
+    bars: bool = True,
+) -> None:
+    """The seed mean per (group, series), seed values as dots on top.
+
+    ``bars=False`` marks the mean with a short line instead of a bar, for an axis that
+    does not start at 0 (a cut-off bar would misstate the ratio).
+    """
+    width = 0.8 / len(series)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, per_group) in enumerate(series.items()):
+        for g, values in enumerate(per_group):
+            x = g - 0.4 + width * (k + 0.5)
+            mean = float(np.mean(values))
+            label = name if g == 0 else "_nolegend_"  # one legend entry per series
+            if bars:
+                ax.bar(x, mean, width=width * 0.9, color=colors[k], alpha=0.45, label=label)
+            else:
+                ax.hlines(mean, x - width * 0.35, x + width * 0.35, colors=colors[k], label=label)
+            _seed_dots(ax, x, values, colors[k])
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def spatial(test_sets: list[str], accuracy: dict[str, list[list[float]]], path: Path) -> Path:
+    """CNN vs MLP accuracy on the held-out and the shifted digits."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    grouped_seeds(
+        test_sets, accuracy, "accuracy (dots: seeds, line: mean)", "digits: CNN vs MLP", ax, False
+    )
+    low = min(min(min(v) for v in per) for per in accuracy.values())
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def memory(
+    gaps: list[int],
+    accuracy: dict[str, list[list[float]]],
+    chance: float,
+    reach: float,
     path: Path,
 ) -> Path:
-    """Accuracy by length bucket, and latency (ms) by padded length for each batch size."""
-    fig, axes = plt.subplots(1, 1 + len(latency), figsize=(5 * (1 + len(latency)), 3.8))
-    by_length(acc_buckets, accuracy, "sequence accuracy", "held-out accuracy by length", axes[0])
-    for ax, (batch, series) in zip(axes[1:], latency.items(), strict=True):
-        by_length(lat_lengths, series, "ms per batch (median)", f"latency, {batch}", ax)
+    """Held-out accuracy by gap: seed mean (line) and seeds (dots)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, per_gap) in enumerate(accuracy.items()):
+        ax.plot(gaps, [float(np.mean(v)) for v in per_gap], marker="o", color=colors[k], label=name)
+        for gap, values in zip(gaps, per_gap, strict=True):
+            ax.scatter([gap] * len(values), values, s=12, color=colors[k], alpha=0.6)
+    ax.axhline(chance, color="gray", linestyle=":", label=f"chance ({chance:g})")
+    ax.axhline(reach, color="tab:red", linestyle="--", linewidth=1, label=f"reach ({reach:g})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(gaps, [str(g) for g in gaps])
+    ax.set_xlabel("positions between the deciding event and the end (gap)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("remembering one event across a gap: LSTM vs RNN")
+    ax.set_ylim(0.4, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def speed(
+    epoch_cpu: dict[str, list[float]],
+    step_lengths: list[int],
+    step_ms: dict[str, list[float]],
+    latency_lengths: list[int],
+    latency: dict[str, dict[str, dict[str, list[float]]]],
+    path: Path,
+) -> Path:
+    """CPU s per epoch, training step ms by length, and inference latency by length.
+
+    ``latency``: panel title -> runtime -> model -> ms by length; one colour per model,
+    one line style per runtime.
+    """
+    panels = 2 + len(latency)
+    cols = 2
+    rows = (panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.8 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    grouped_seeds(
+        ["per epoch"],
+        {m: [v] for m, v in epoch_cpu.items()},
+        "CPU seconds (dots: seeds)",
+        "training time per epoch",
+        flat[0],
+    )
+    by_length(
+        [str(n) for n in step_lengths],
+        step_ms,
+        "ms per step (fastest run)",
+        "training step, batch 64",
+        flat[1],
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":"]
+    for ax, (title, runtimes) in zip(flat[2:], latency.items(), strict=False):
+        for r, (runtime, series) in enumerate(runtimes.items()):
+            for m, (model, values) in enumerate(series.items()):
+                ax.plot(
+                    [str(n) for n in latency_lengths],
+                    values,
+                    marker="o",
+                    color=colors[m],
+                    linestyle=styles[r % len(styles)],
+                    label=f"{model} ({runtime})",
+                )
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("ms per batch (fastest run)")
+        ax.set_title(f"inference, {title}")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -83,3 +83,9 @@ class Recipe:
     monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)
     step: StepRecipe | None = None  # families that can score a stream event by event
     explainer: Explainer | None = None  # an explain graph beside the main one
+
+
+def not_exported(*_args: Any) -> NoReturn:
+    """Signature and golden cases of a model that is only trained and measured (the
+    training report's comparison models), never exported."""
+    raise TypeError("this model is only trained for the training report; it is not exported")

@@ -4,7 +4,7 @@ Attention uses a key padding mask, so padded positions never contribute to real 
 the sequence summary is a masked mean + max pool over real positions only.
 
 Next to the learned absolute positions, attention carries ALiBi-style directional
-recency biases (half the heads look back, half look ahead). Without them this small
+recency biases (every head looks back, each with its own reach). Without them this small
 encoder learned the log grammar far too slowly for the training budget (the task
 hinges on "the previous event of the same life cycle", a relative-position notion).
 """
@@ -38,11 +38,16 @@ from training.tasks import sequence_evaluate
 class TransformerConfig(SequenceConfig):
     d_model: int = 64  # embedding / residual width
     heads: int = 4  # attention heads (d_model must divide evenly)
-    look_ahead_heads: int = 0  # heads that attend to later events; the others look back
+    # Heads that attend to later events; the others look back. None: an event's attention
+    # (and its explanation, docs/explanations.md) covers only what came before it.
+    look_ahead_heads: int = 0
     layers: int = 2  # encoder blocks
     ff_dim: int = 128  # feed-forward hidden width
     dropout: float = 0.0  # on attention output and feed-forward (fresh data: rarely needed)
-    epochs: int = 10
+    # 10 epochs left seeds 7, 8, 9 at held-out F1 0.968, 0.963, 0.960 (bar 0.95); 13 gave
+    # 0.972, 0.970, 0.970 (two look-ahead heads did as well, but would make explanations
+    # look both ways; 8 heads, 3 blocks or lr 5e-3 did worse at seed 9).
+    epochs: int = 13
     lr: float = 3e-3
     patience: int = 4
 
