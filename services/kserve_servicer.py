@@ -70,8 +70,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         readiness: Readiness,
         control: ModelControl,
+        *,
+        stream_window: int = 128,
     ) -> None:
         self._plane = plane
+        self._stream_window = stream_window  # requests read and not yet answered, per stream
         self._registry = registry
         self._readiness = readiness
         self._control = control  # the only way in to state-changing RPCs (Load/Unload)
@@ -209,8 +212,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently (so they can batch); responses carry
         the request id and come back as they finish. A failed request answers with
-        error_message and the stream goes on."""
+        error_message and the stream goes on. At most `stream_window` requests are read
+        and not yet answered; then reading waits (gRPC flow control holds the client)."""
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(self._stream_window)
         pending: set[asyncio.Task[None]] = set()
         deadline = deadline_of(context)
 
@@ -236,6 +241,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def reader() -> None:
             try:
                 async for request in request_iterator:
+                    await window.acquire()  # released as its answer is taken to be written
                     if self._runs_inline(request):  # completes without waiting: no task
                         await one(request)
                         continue
@@ -252,6 +258,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         read_task = asyncio.create_task(reader())
         try:
             while (item := await done.get()) is not None:
+                window.release()
                 yield item
             if failed:
                 raise failed[0]

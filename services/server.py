@@ -100,7 +100,13 @@ class NNServeServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.plane, self.registry, self.readiness, self.control),
+            KServeServicer(
+                self.plane,
+                self.registry,
+                self.readiness,
+                self.control,
+                stream_window=settings.max_stream_inflight,
+            ),
             self.server,
         )
         nnserve_pb2_grpc.add_PredictorServicer_to_server(

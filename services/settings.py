@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     max_inflight_requests: int = 4096
     """Inference requests accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 
+    max_stream_inflight: int = Field(default=128, ge=1)
+    """Requests one ModelStreamInfer call may have read and not yet answered (running or
+    waiting to be written); the call reads no further until one is answered, so a client
+    that sends without reading is held by flow control, not by the server's memory."""
+
     max_inflight_bytes: int = 256 * 1024 * 1024
     """Decoded input tensor bytes accepted at once, all models; more get RESOURCE_EXHAUSTED."""
 

@@ -182,3 +182,42 @@ def test_calls_in_flight_are_bounded(scratch_repository: Path, model_repository:
     assert codes.count(Code.OK) == 4, codes
     assert codes.count(Code.RESOURCE_EXHAUSTED) == 2, codes
     assert all("Concurrent RPC limit" in d for d in details if d), details
+
+
+def test_a_stream_reads_no_further_than_its_window(
+    scratch_repository: Path, model_repository: Path
+) -> None:
+    """A ModelStreamInfer call holds at most max_stream_inflight requests read and not yet
+    answered: with the only inference thread held, 40 requests sent at once leave exactly
+    8 in the server; the rest wait in gRPC flow control. Once released, every request is
+    answered with its id."""
+    settings = make_settings(
+        scratch_repository, models=["mlp"], inference_threads=1, max_stream_inflight=8
+    )
+    features = golden_inputs(model_repository, "mlp")["features"][:1]
+    with running_server(settings) as server:
+        stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
+        gate, held = threading.Event(), threading.Event()
+
+        def hold(_: object) -> None:
+            held.set()
+            gate.wait(10)
+
+        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
+        assert held.wait(5)
+        requests = []
+        for i in range(40):
+            request = infer_request("mlp", {"features": features})
+            request.id = str(i)
+            requests.append(request)
+        answers = stub.ModelStreamInfer(iter(requests), timeout=30)
+        plane = server.server.plane
+        deadline = time.monotonic() + 10
+        while plane.inflight_requests < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # time to read more, were it allowed to
+        assert plane.inflight_requests == 8
+        gate.set()
+        got = [answer for answer in answers]
+    assert not [a.error_message for a in got if a.error_message]
+    assert sorted(int(a.infer_response.id) for a in got) == list(range(40))
