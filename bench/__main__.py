@@ -85,7 +85,17 @@ def parser() -> argparse.ArgumentParser:
         help="unmeasured time before each point (default 1s)",
     )
     p.add_argument(
-        "--apis", type=name_list, default=["v2", "domain"], help="v2,domain (default both)"
+        "--apis",
+        type=name_list,
+        default=["v2", "domain"],
+        help="v2,domain (default) and v2-stream: KServe v2 over ModelStreamInfer streams",
+    )
+    p.add_argument(
+        "--stream-window",
+        type=int,
+        default=32,
+        help="v2-stream: requests in flight per stream; a point of concurrency C opens "
+        "ceil(C / window) streams (default 32)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="--workers passed to the services (default 1)"
@@ -195,6 +205,7 @@ def options_from(args: argparse.Namespace) -> Options:
         perf_analyzer_window_ms=1000 if quick else 3000,
         loadgen_ceiling=args.loadgen_ceiling,
         timeout_s=args.timeout,
+        stream_window=max(1, args.stream_window),
     )
 
 

@@ -6,6 +6,11 @@ returns. Requests are pre-serialized bytes and responses stay bytes (no protobuf
 call; one response per job is parsed and checked). A point's concurrency is split over
 the processes; each process opens its own channels (own TCP connections).
 
+With `streams` > 0 the requests go over that many ModelStreamInfer streams instead (per
+stream, concurrency / streams requests in flight, the next sent as each answer arrives):
+each request gets a distinct id put before its pre-serialized bytes (which carry none),
+and an answer's latency is taken from its id, whatever the order answers come in.
+
 Timing uses time.monotonic() (CLOCK_MONOTONIC, shared by all processes): a request
 counts when it completes inside [start, end]; its latency is measured around the await.
 """
@@ -31,6 +36,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 SETUP_S = 0.3  # time given to processes to connect before warm-up starts
 ERROR_BACKOFF_S = 0.001  # after a failed call, so a dead server does not spin the loop
 
@@ -48,6 +54,7 @@ class Job:
     timeout_s: float
     rows: int
     check: Callable[[str, bytes, int], str | None] | None = None  # response check
+    streams: int = 0  # 0: unary calls; N: N ModelStreamInfer streams carry the requests
 
 
 @dataclass
@@ -84,6 +91,8 @@ async def _run_job(job: Job) -> Sample:
                 sample.invalid = job.check(job.method, data, job.rows)
             except grpc.aio.AioRpcError as exc:
                 sample.invalid = f"{exc.code().name}: {exc.details()}"
+        if job.streams:
+            return await _run_streams(job, channels, sample)
         latencies = array("d")
         errors: dict[str, int] = {}
         sent = [0]
@@ -124,6 +133,71 @@ async def _run_job(job: Job) -> Sample:
         return sample
     finally:
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+
+async def _run_streams(job: Job, channels: list[Any], sample: Sample) -> Sample:
+    """Closed loop over ModelStreamInfer streams; an answer with error_message is an error."""
+    from protos import grpc_service_pb2 as pb
+
+    latencies = array("d")
+    errors: dict[str, int] = {}
+    sent = [0]
+    start, end = job.start, job.end
+    mono = time.monotonic
+    payloads, count = job.payloads, len(job.payloads)
+    streams = max(1, min(job.streams, job.concurrency))
+    shares = [job.concurrency // streams + (i < job.concurrency % streams) for i in range(streams)]
+
+    async def stream(i: int, window: int) -> None:
+        call = channels[i % len(channels)].stream_stream(STREAM_METHOD)(
+            timeout=job.timeout_s + (end - mono())
+        )
+        sent_at: dict[str, float] = {}
+        k = job.offset + i
+        n = 0
+
+        async def send() -> None:
+            nonlocal k, n
+            rid = f"{i}-{n}"
+            sent_at[rid] = mono()
+            # The id first: the payloads carry none, and a no-op server finds it at once.
+            await call.write(pb.ModelInferRequest(id=rid).SerializeToString() + payloads[k % count])
+            k += streams
+            n += 1
+
+        for _ in range(window):
+            await send()
+        while sent_at:
+            data = await call.read()
+            if data is grpc_eof():
+                break
+            t1 = mono()
+            answer = pb.ModelStreamInferResponse.FromString(data)
+            t0 = sent_at.pop(answer.infer_response.id, t1)
+            if start <= t1 <= end:
+                if answer.error_message:
+                    code = answer.error_message.partition(":")[0]
+                    errors[code] = errors.get(code, 0) + 1
+                    if not sample.error_example:
+                        sample.error_example = answer.error_message[:200]
+                else:
+                    latencies.append(t1 - t0)
+            if t1 < end:
+                await send()
+        await call.done_writing()
+        sent[0] += n
+
+    await asyncio.gather(*(stream(i, w) for i, w in enumerate(shares) if w))
+    sample.latencies = latencies.tobytes()
+    sample.errors = errors
+    sample.sent = sent[0]
+    return sample
+
+
+def grpc_eof() -> Any:
+    import grpc
+
+    return grpc.aio.EOF
 
 
 def _process_main(conn: Connection) -> None:
@@ -217,6 +291,7 @@ class LoadGenerator:
         processes: int | None = None,
         timeout_s: float = 30.0,
         rows: int = 1,
+        streams: int = 0,
         check: Callable[[str, bytes, int], str | None] | None = None,
         at_start: Callable[[], None] | None = None,
         at_end: Callable[[], None] | None = None,
@@ -244,6 +319,7 @@ class LoadGenerator:
                     timeout_s,
                     rows,
                     check,
+                    streams,
                 )
             )
             offset += share

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import sys
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -173,9 +174,10 @@ def request_id(data: bytes) -> bytes:
 
 
 async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -> None:
-    """A grpc.aio KServe v2 server whose ModelInfer does no work: the request stays bytes,
-    the response is fixed bytes. Metadata, config and readiness answer from `info`, so
-    perf_analyzer and readiness probes work; nothing else is served."""
+    """A grpc.aio KServe v2 server whose ModelInfer (and each message of ModelStreamInfer)
+    does no work: the request stays bytes, the response is fixed bytes. Metadata, config
+    and readiness answer from `info`, so perf_analyzer and readiness probes work; nothing
+    else is served."""
     import grpc
 
     from protos import grpc_service_pb2 as pb
@@ -208,6 +210,11 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
         # perf_analyzer's async mode matches responses to requests by id: echo it.
         return answer + b"\x1a" + _varint(len(rid)) + rid if rid else answer
 
+    async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:  # each answer: ModelStreamInferResponse.infer_response
+            inner = await infer(request, context)
+            yield b"\x12" + _varint(len(inner)) + inner
+
     def unary(fn: Any, request_type: Any) -> Any:
         async def handler(request: Any, context: Any) -> Any:
             return fn(request)
@@ -220,6 +227,7 @@ async def serve_noop(info: ModelInfo, host: str, port: int, ready: Any = None) -
 
     handlers = {
         "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),  # bytes in, bytes out
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream),
         "ModelMetadata": unary(lambda r: metadata, pb.ModelMetadataRequest),
         "ModelConfig": unary(
             lambda r: pb.ModelConfigResponse(config=config), pb.ModelConfigRequest

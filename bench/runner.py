@@ -61,6 +61,7 @@ class Options:
     perf_analyzer_window_ms: int = 3000
     loadgen_ceiling: bool = False
     timeout_s: float = 30.0
+    stream_window: int = 32  # v2-stream: requests in flight per stream
 
 
 # ---------------------------------------------------------------------- context
@@ -209,6 +210,7 @@ def run_point(
         channels=opts.channels or max(1, opts.workers),
         timeout_s=opts.timeout_s,
         rows=workload.rows_per_request,
+        streams=workload.streams(concurrency),
         check=check_response,
         at_start=meter.start,
         at_end=meter.stop,
@@ -218,6 +220,8 @@ def run_point(
         "api": workload.api,
         **result.summary(workload.rows_per_request),
     }
+    if workload.stream_window:
+        point["streams"] = workload.streams(concurrency)
     point.update(meter.figures(result.requests))
     # One load process is single-threaded Python: near one core busy, it is the limit.
     point["loadgen_saturated"] = point["client_cores"] >= 0.85 * result.processes
@@ -355,7 +359,7 @@ def run(opts: Options) -> dict[str, Any]:
     }
     remote = opts.address is not None
     if remote:
-        apis = ["v2"]
+        apis = [a for a in opts.apis if a != "domain"] or ["v2"]  # KServe v2 only
         repository = opts.repository if opts.repository.is_dir() else None
         infos = _remote_infos(opts.address, opts.models, repository)  # type: ignore[arg-type]
     else:
@@ -418,7 +422,7 @@ def run(opts: Options) -> dict[str, Any]:
             for m in infos
             for api in apis
             for c in opts.concurrency
-            if api == "v2" or infos[m].has_domain_api
+            if api != "domain" or infos[m].has_domain_api
         ]
         index = 0
         for name, info in infos.items():
@@ -429,7 +433,7 @@ def run(opts: Options) -> dict[str, Any]:
             for api in apis:
                 if api == "domain" and not info.has_domain_api:
                     continue
-                workload = build_workload(info, api, rows[name])
+                workload = build_workload(info, api, rows[name], stream_window=opts.stream_window)
                 for conc in opts.concurrency:
                     index += 1
                     if service is not None:

@@ -195,20 +195,30 @@ class Workload:
     """One model x API: the RPC path and a pool of pre-serialized requests (batch 1 each)."""
 
     model: str
-    api: str  # v2 | domain
-    method: str
+    api: str  # v2 | v2-stream | domain
+    method: str  # the unary path (v2-stream: checked with one unary call, then streamed)
     payloads: tuple[bytes, ...]
     rows_per_request: int = 1
+    stream_window: int = 0  # v2-stream: requests in flight per ModelStreamInfer stream
+
+    def streams(self, concurrency: int) -> int:
+        """ModelStreamInfer streams carrying `concurrency` requests (0: unary calls)."""
+        if not self.stream_window:
+            return 0
+        return -(-concurrency // self.stream_window)
 
 
-def build_workload(info: ModelInfo, api: str, rows: list[Row], version: str = "") -> Workload:
-    if api == "v2":
+def build_workload(
+    info: ModelInfo, api: str, rows: list[Row], version: str = "", stream_window: int = 32
+) -> Workload:
+    if api in ("v2", "v2-stream"):
         payloads = tuple(v2_request(info, r, version) for r in rows)
-        return Workload(info.name, api, V2_INFER, payloads)
+        window = stream_window if api == "v2-stream" else 0
+        return Workload(info.name, api, V2_INFER, payloads, stream_window=window)
     if api == "domain":
         encoded = [domain_request(info, r) for r in rows]
         return Workload(info.name, api, encoded[0][0], tuple(b for _, b in encoded))
-    raise ValueError(f"unknown API {api!r} (v2 | domain)")
+    raise ValueError(f"unknown API {api!r} (v2 | v2-stream | domain)")
 
 
 def check_response(method: str, data: bytes, rows: int = 1) -> str | None:

@@ -54,6 +54,16 @@ class PredictorStub:
                 request_serializer=protos_dot_nnserve__pb2.StreamRequest.SerializeToString,
                 response_deserializer=protos_dot_nnserve__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/nnserve.v1.Predictor/ClassifyStream',
+                request_serializer=protos_dot_nnserve__pb2.ClassifyStreamRequest.SerializeToString,
+                response_deserializer=protos_dot_nnserve__pb2.ClassifyStreamResponse.FromString,
+                _registered_method=True)
+        self.SequenceStream = channel.stream_stream(
+                '/nnserve.v1.Predictor/SequenceStream',
+                request_serializer=protos_dot_nnserve__pb2.SequenceStreamRequest.SerializeToString,
+                response_deserializer=protos_dot_nnserve__pb2.SequenceStreamResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -88,6 +98,23 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyStream(self, request_iterator, context):
+        """Many Classify / Sequence requests on one call, for throughput: requests run
+        concurrently and batch together; each answer carries its request's id and comes
+        back as it finishes (not necessarily in order). A failed request answers with an
+        error and the call goes on. At most max_stream_inflight requests are read and not
+        yet answered per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SequenceStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +137,16 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=protos_dot_nnserve__pb2.StreamRequest.FromString,
                     response_serializer=protos_dot_nnserve__pb2.StreamResponse.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=protos_dot_nnserve__pb2.ClassifyStreamRequest.FromString,
+                    response_serializer=protos_dot_nnserve__pb2.ClassifyStreamResponse.SerializeToString,
+            ),
+            'SequenceStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SequenceStream,
+                    request_deserializer=protos_dot_nnserve__pb2.SequenceStreamRequest.FromString,
+                    response_serializer=protos_dot_nnserve__pb2.SequenceStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +257,60 @@ class Predictor:
             '/nnserve.v1.Predictor/Stream',
             protos_dot_nnserve__pb2.StreamRequest.SerializeToString,
             protos_dot_nnserve__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nnserve.v1.Predictor/ClassifyStream',
+            protos_dot_nnserve__pb2.ClassifyStreamRequest.SerializeToString,
+            protos_dot_nnserve__pb2.ClassifyStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SequenceStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nnserve.v1.Predictor/SequenceStream',
+            protos_dot_nnserve__pb2.SequenceStreamRequest.SerializeToString,
+            protos_dot_nnserve__pb2.SequenceStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class PredictorStub:
     """Score a stream of events with a sequence model that has a step graph (lstm): a
     server-side session keeps the model's state, so each event costs one step.
     """
+    ClassifyStream: _grpc.StreamStreamMultiCallable[_nnserve_pb2.ClassifyStreamRequest, _nnserve_pb2.ClassifyStreamResponse]
+    """Many Classify / Sequence requests on one call, for throughput: requests run
+    concurrently and batch together; each answer carries its request's id and comes
+    back as it finishes (not necessarily in order). A failed request answers with an
+    error and the call goes on. At most max_stream_inflight requests are read and not
+    yet answered per call.
+    """
+    SequenceStream: _grpc.StreamStreamMultiCallable[_nnserve_pb2.SequenceStreamRequest, _nnserve_pb2.SequenceStreamResponse]
 
 @_typing.type_check_only
 class PredictorAsyncStub(PredictorStub):
@@ -57,6 +65,14 @@ class PredictorAsyncStub(PredictorStub):
     """Score a stream of events with a sequence model that has a step graph (lstm): a
     server-side session keeps the model's state, so each event costs one step.
     """
+    ClassifyStream: _aio.StreamStreamMultiCallable[_nnserve_pb2.ClassifyStreamRequest, _nnserve_pb2.ClassifyStreamResponse]  # type: ignore[assignment]
+    """Many Classify / Sequence requests on one call, for throughput: requests run
+    concurrently and batch together; each answer carries its request's id and comes
+    back as it finishes (not necessarily in order). A failed request answers with an
+    error and the call goes on. At most max_stream_inflight requests are read and not
+    yet answered per call.
+    """
+    SequenceStream: _aio.StreamStreamMultiCallable[_nnserve_pb2.SequenceStreamRequest, _nnserve_pb2.SequenceStreamResponse]  # type: ignore[assignment]
 
 class PredictorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +108,25 @@ class PredictorServicer(metaclass=_abc_1.ABCMeta):
         """Score a stream of events with a sequence model that has a step graph (lstm): a
         server-side session keeps the model's state, so each event costs one step.
         """
+
+    @_abc_1.abstractmethod
+    def ClassifyStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_nnserve_pb2.ClassifyStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nnserve_pb2.ClassifyStreamResponse], _abc.AsyncIterator[_nnserve_pb2.ClassifyStreamResponse]]:
+        """Many Classify / Sequence requests on one call, for throughput: requests run
+        concurrently and batch together; each answer carries its request's id and comes
+        back as it finishes (not necessarily in order). A failed request answers with an
+        error and the call goes on. At most max_stream_inflight requests are read and not
+        yet answered per call.
+        """
+
+    @_abc_1.abstractmethod
+    def SequenceStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_nnserve_pb2.SequenceStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nnserve_pb2.SequenceStreamResponse], _abc.AsyncIterator[_nnserve_pb2.SequenceStreamResponse]]: ...
 
 def add_PredictorServicer_to_server(servicer: PredictorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

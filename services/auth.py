@@ -76,7 +76,14 @@ METHOD_ROLES: dict[str, Role | None] = {
     **{f"/{_KSERVE}/{m}": Role.ADMIN for m in _KSERVE_ADMIN},
     **{
         f"/{_PREDICTOR}/{m}": Role.INFER
-        for m in ("Classify", "Sequence", "DescribeModel", "Stream")
+        for m in (
+            "Classify",
+            "Sequence",
+            "DescribeModel",
+            "Stream",
+            "ClassifyStream",
+            "SequenceStream",
+        )
     },
     f"/{_HEALTH}/Check": PUBLIC,
     f"/{_HEALTH}/Watch": PUBLIC,

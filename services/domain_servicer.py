@@ -1,10 +1,11 @@
 """nnserve.v1.Predictor: Classify, Sequence, DescribeModel and Stream over the shared data
-plane (Stream's sessions: services/sessions.py)."""
+plane (Stream's sessions: services/sessions.py); ClassifyStream and SequenceStream carry
+many Classify / Sequence requests on one call (services/pipelining.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -13,23 +14,39 @@ from protos import nnserve_pb2_grpc as npb_grpc
 from services import codec
 from services.dataplane import DataPlane
 from services.kserve_servicer import deadline_of, described
+from services.pipelining import MAX_ID_CHARS, check_id, failure_status, pipelined
 from services.readiness import Readiness
 from services.sessions import StreamService
 
 Context: TypeAlias = grpc.aio.ServicerContext
+Item = TypeVar("Item", npb.ClassifyStreamRequest, npb.SequenceStreamRequest)
+Answer = TypeVar("Answer", npb.ClassifyStreamResponse, npb.SequenceStreamResponse)
 
 
 class PredictorServicer(npb_grpc.PredictorServicer):
-    def __init__(self, plane: DataPlane, readiness: Readiness, streams: StreamService) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        readiness: Readiness,
+        streams: StreamService,
+        *,
+        stream_window: int = 128,
+    ) -> None:
         self._plane = plane
         self._readiness = readiness
         self._streams = streams
+        self._stream_window = stream_window  # requests read and not yet answered, per call
 
     async def Classify(
         self, request: npb.ClassifyRequest, context: Context
     ) -> npb.ClassifyResponse:
+        return await self._classify(request, "Classify", deadline_of(context))
+
+    async def _classify(
+        self, request: npb.ClassifyRequest, method: str, deadline: float | None
+    ) -> npb.ClassifyResponse:
         name, version = request.model_name, request.model_version
-        async with self._plane.request("Classify", name, version, deadline_of(context)) as scope:
+        async with self._plane.request(method, name, version, deadline) as scope:
             inputs = codec.decode_classify(request, scope.model.domain)
             outputs = await scope.infer(inputs)
             return codec.encode_classify(request, scope.model.spec, outputs)
@@ -37,8 +54,13 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     async def Sequence(
         self, request: npb.SequenceRequest, context: Context
     ) -> npb.SequenceResponse:
+        return await self._sequence(request, "Sequence", deadline_of(context))
+
+    async def _sequence(
+        self, request: npb.SequenceRequest, method: str, deadline: float | None
+    ) -> npb.SequenceResponse:
         name, version = request.model_name, request.model_version
-        async with self._plane.request("Sequence", name, version, deadline_of(context)) as scope:
+        async with self._plane.request(method, name, version, deadline) as scope:
             inputs = codec.decode_sequence(request, scope.model.domain)
             explain = codec.explain_options(request, scope.model.spec)
             # Only explain requests run the explain graph (it returns the scores too).
@@ -72,3 +94,46 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     ) -> AsyncIterator[npb.StreamResponse]:
         async for response in self._streams.serve(requests, deadline_of(context)):
             yield response
+
+    async def ClassifyStream(
+        self, requests: AsyncIterator[npb.ClassifyStreamRequest], context: Context
+    ) -> AsyncIterator[npb.ClassifyStreamResponse]:
+        answers = self._many(
+            requests, context, self._classify, "ClassifyStream", npb.ClassifyStreamResponse
+        )
+        async for answer in answers:
+            yield answer
+
+    async def SequenceStream(
+        self, requests: AsyncIterator[npb.SequenceStreamRequest], context: Context
+    ) -> AsyncIterator[npb.SequenceStreamResponse]:
+        answers = self._many(
+            requests, context, self._sequence, "SequenceStream", npb.SequenceStreamResponse
+        )
+        async for answer in answers:
+            yield answer
+
+    def _many(
+        self,
+        requests: AsyncIterator[Item],
+        context: Context,
+        run: Callable[[Any, str, float | None], Awaitable[Any]],
+        method: str,
+        answer_type: Callable[..., Answer],
+    ) -> AsyncIterator[Answer]:
+        """Many {id, request} on one call: each answered with `run`'s response or error."""
+        deadline = deadline_of(context)
+
+        async def answer(item: Item) -> Answer:
+            check_id(item.id)
+            return answer_type(id=item.id, response=await run(item.request, method, deadline))
+
+        def failed(item: Item, exc: Exception) -> Answer:
+            return answer_type(id=item.id[:MAX_ID_CHARS], error=_error(exc))
+
+        return pipelined(requests, answer, failed, self._stream_window)
+
+
+def _error(exc: Exception) -> npb.StreamError:
+    code, message = failure_status(exc)
+    return npb.StreamError(code=code.name, message=message)

@@ -6,7 +6,6 @@ encodes; readiness questions go to readiness.py, lifecycle ones to the registry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +24,9 @@ from services.errors import (
     ServingError,
     Unavailable,
     shown,
-    status_of,
 )
 from services.model_control import ModelControl
+from services.pipelining import failure_status, pipelined
 from services.readiness import Readiness
 from services.registry import LoadedModel, ModelRegistry, ModelVersion
 
@@ -52,6 +51,16 @@ def described(mv: ModelVersion) -> LoadedModel:
             f"model {mv.name!r} version {mv.version} is {mv.state.value}: {mv.reason}"
         )
     return mv.model
+
+
+def _stream_failure(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    code, message = failure_status(exc)
+    return pb.ModelStreamInferResponse(
+        error_message=f"{code.name}: {message}",
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name[:256], id=request.id[:256]
+        ),
+    )
 
 
 def _phases(target: pb.InferBatchStatistics | pb.InferStatistics, totals: PhaseTotals) -> None:
@@ -210,62 +219,19 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests on one stream run concurrently (so they can batch); responses carry
-        the request id and come back as they finish. A failed request answers with
-        error_message and the stream goes on. At most `stream_window` requests are read
-        and not yet answered; then reading waits (gRPC flow control holds the client)."""
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(self._stream_window)
-        pending: set[asyncio.Task[None]] = set()
+        """Many ModelInfer requests on one call (services/pipelining.py): answers carry
+        the request id and come back as they finish; a failed request answers with
+        error_message and the stream goes on."""
         deadline = deadline_of(context)
 
-        async def one(request: pb.ModelInferRequest) -> None:
-            try:
-                response = await self._infer(request, "ModelStreamInfer", deadline)
-                await done.put(pb.ModelStreamInferResponse(infer_response=response))
-            except Exception as exc:
-                code, message = status_of(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    log.exception("stream request failed")
-                await done.put(
-                    pb.ModelStreamInferResponse(
-                        error_message=f"{code.name}: {message}",
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name[:256], id=request.id[:256]
-                        ),
-                    )
-                )
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            response = await self._infer(request, "ModelStreamInfer", deadline)
+            return pb.ModelStreamInferResponse(infer_response=response)
 
-        failed: list[BaseException] = []  # what ended the request stream early, if anything
-
-        async def reader() -> None:
-            try:
-                async for request in request_iterator:
-                    await window.acquire()  # released as its answer is taken to be written
-                    if self._runs_inline(request):  # completes without waiting: no task
-                        await one(request)
-                        continue
-                    task = asyncio.create_task(one(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                if pending:
-                    await asyncio.gather(*pending)
-            except Exception as exc:  # e.g. an undecodable message: end the call with it
-                failed.append(exc)
-            finally:
-                done.put_nowait(None)
-
-        read_task = asyncio.create_task(reader())
-        try:
-            while (item := await done.get()) is not None:
-                window.release()
-                yield item
-            if failed:
-                raise failed[0]
-        finally:
-            read_task.cancel()
-            for task in pending:
-                task.cancel()
+        async for item in pipelined(
+            request_iterator, answer, _stream_failure, self._stream_window, self._runs_inline
+        ):
+            yield item
 
     def _runs_inline(self, request: pb.ModelInferRequest) -> bool:
         """Whether a stream request's model runs inline now (then it needs no task of its

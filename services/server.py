@@ -114,6 +114,7 @@ class NNServeServer:
                 self.plane,
                 self.readiness,
                 StreamService(self.plane, self.sessions, self.metrics, settings.max_stream_events),
+                stream_window=settings.max_stream_inflight,
             ),
             self.server,
         )

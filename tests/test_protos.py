@@ -115,9 +115,12 @@ def test_domain_service_rpcs() -> None:
         "Sequence": ("SequenceRequest", "SequenceResponse"),
         "DescribeModel": ("DescribeModelRequest", "DescribeModelResponse"),
         "Stream": ("StreamRequest", "StreamResponse"),
+        "ClassifyStream": ("ClassifyStreamRequest", "ClassifyStreamResponse"),
+        "SequenceStream": ("SequenceStreamRequest", "SequenceStreamResponse"),
     }
-    stream = service.methods_by_name["Stream"]
-    assert stream.client_streaming and stream.server_streaming
+    for name in ("Stream", "ClassifyStream", "SequenceStream"):
+        stream = service.methods_by_name[name]
+        assert stream.client_streaming and stream.server_streaming
 
 
 # ---------------------------------------------------------------- field numbers

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                    "what is queued; -1: nnserve's model.json value)")  # fmt: skip
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin client and servers to separate CPUs")  # fmt: skip
+    p.add_argument("--stream-window", type=int, default=32,
+                   help="requests in flight per ModelStreamInfer stream for the streaming "
+                   "clients (bench-stream, perf_analyzer --streaming); 0: unary only")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--setup-only", action="store_true",
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
         out=args.out,
         plots=not args.no_plots,
+        stream_window=max(0, args.stream_window),
         peer_queue_delay_ms=None if args.peer_queue_delay_ms < 0 else args.peer_queue_delay_ms,
     )
     doc = run.run(opts)

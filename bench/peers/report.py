@@ -12,7 +12,18 @@ from typing import Any
 from bench.peers.run import LABELS, SERVERS
 from bench.report import _fmt, _rows_table
 
-CLIENTS = {"bench": "bench (grpc.aio)", "perf_analyzer": "perf_analyzer"}
+CLIENTS = {
+    "bench": "bench (grpc.aio)",
+    "perf_analyzer": "perf_analyzer",
+    "bench-stream": "bench, streams",
+    "perf_analyzer-stream": "perf_analyzer --streaming",
+}
+STYLES = {
+    "bench": "o-",
+    "perf_analyzer": "s--",
+    "bench-stream": "^:",
+    "perf_analyzer-stream": "v-.",
+}
 HEADER = ["client", "server", "conc", "infer/s", "p50 ms", "p99 ms", "srv cores",
           "cli cores", "srv us/req", "x nnserve infer/s", "x nnserve p50", "us/req / no-op",
           "rounds", "errors"]  # fmt: skip
@@ -43,7 +54,8 @@ def table(doc: dict[str, Any]) -> str:
     for model in models:
         rows: list[list[str]] = []
         for client in clients:
-            cannot = doc.get("perf_analyzer_cannot_drive", {}) if client == "perf_analyzer" else {}
+            pa = client.startswith("perf_analyzer")
+            cannot = doc.get("perf_analyzer_cannot_drive", {}) if pa else {}
             for name in _order(doc):
                 if status.get(name, "ok") != "ok" or name in cannot:
                     rows.append([CLIENTS[client], LABELS[name], "-", "unavailable",
@@ -121,7 +133,7 @@ def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> Path:
 
 def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
     """Per model: throughput, p50 and server CPU per request vs concurrency; one colour
-    per server, solid for bench's client, dashed for perf_analyzer."""
+    per server, one line style per client (unary and streams, bench and perf_analyzer)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +150,7 @@ def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
         )
         for ax, (metric, label) in zip(axes, panels, strict=True):
             for i, name in enumerate(_order(doc)):
-                for client, style in (("bench", "o-"), ("perf_analyzer", "s--")):
+                for client, style in STYLES.items():
                     pts = sorted(
                         (p for p in points if p["model"] == model and p["server"] == name
                          and p["client"] == client and p.get(metric) is not None),

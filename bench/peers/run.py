@@ -77,6 +77,9 @@ class PeerOptions:
     # Triton's and MLServer's batchers wait this long for a batch to fill even when idle;
     # None: nnserve's max_queue_delay_ms from model.json.
     peer_queue_delay_ms: float | None = 0.0
+    # Also measure over ModelStreamInfer: this many requests in flight per stream
+    # (clients bench-stream and perf_analyzer --streaming); 0: unary only.
+    stream_window: int = 32
 
 
 # ---------------------------------------------------------------------- pinning
@@ -124,14 +127,17 @@ def _window(
 
 def loadgen_point(
     gen: LoadGenerator, server: Running, payloads: tuple[bytes, ...], method: str,
-    concurrency: int, opts: PeerOptions,
+    concurrency: int, opts: PeerOptions, streams: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     start, stop, r = _window(server.pids(), gen.pids())
-    result = gen.run(
-        server.address, method, payloads, concurrency, warmup_s=opts.warmup_s,
-        duration_s=opts.duration_s, timeout_s=opts.timeout_s, check=check_response,
-        at_start=start, at_end=stop,
-    )  # fmt: skip
+    try:
+        result = gen.run(
+            server.address, method, payloads, concurrency, warmup_s=opts.warmup_s,
+            duration_s=opts.duration_s, timeout_s=opts.timeout_s, check=check_response,
+            at_start=start, at_end=stop, streams=streams,
+        )  # fmt: skip
+    except RuntimeError as exc:  # e.g. a server without ModelStreamInfer
+        return {"error": str(exc)[:400]}
     summary = result.summary(1)
     wall = r["t1"] - r["t0"]
     server_cpu = r["server1"] - r["server0"]
@@ -158,14 +164,14 @@ def loadgen_point(
 
 def pa_point(
     tool: perf_analyzer.Tool, server: Running, info: ModelInfo, rows: list[Any],
-    concurrency: int, opts: PeerOptions,
+    concurrency: int, opts: PeerOptions, streaming: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     pids = server.pids()
     t0, cpu0 = time.monotonic(), procstat.cpu_seconds(pids)
     dynamic = tuple(t.name for t in info.inputs if -1 in t.shape[1:])
     points, _ = perf_analyzer.run_model(
         tool, server.address, info.name, [concurrency], rows, opts.perf_analyzer_window_ms,
-        dynamic,
+        dynamic, ["--streaming"] if streaming else None,
     )  # fmt: skip
     wall = time.monotonic() - t0
     cores = (procstat.cpu_seconds(pids) - cpu0) / wall
@@ -292,6 +298,12 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         def server_pids() -> list[int]:
             return [p for by in started.values() for s in set(by.values()) for p in s.pids()]
 
+        window = opts.stream_window
+        bench_clients: list[tuple[str, Callable[[int], int]]] = [("bench", lambda c: 0)]
+        pa_clients = [("perf_analyzer", False)]
+        if window:
+            bench_clients.append(("bench-stream", lambda c: -(-c // window)))
+            pa_clients.append(("perf_analyzer-stream", True))
         for rnd in range(1, opts.rounds + 1):
             if split:  # again each round: MLServer may have restarted a worker
                 pin(server_pids(), split[1])
@@ -300,23 +312,26 @@ def run(opts: PeerOptions) -> dict[str, Any]:
                 for conc in opts.concurrency:
                     for name in servers:
                         wl = workloads[(name, model)]
-                        p = loadgen_point(gen, started[name][model], wl.payloads, wl.method,
-                                          conc, opts)  # fmt: skip
-                        raw.setdefault(("bench", name, model, conc), []).append(p)
-                        _log_point(rnd, "bench", name, model, conc, p)
+                        for client, streams in bench_clients:
+                            p = loadgen_point(gen, started[name][model], wl.payloads, wl.method,
+                                              conc, opts, streams(conc))  # fmt: skip
+                            raw.setdefault((client, name, model, conc), []).append(p)
+                            _log_point(rnd, client, name, model, conc, p)
                 if tool is None:
                     continue
                 for conc in opts.concurrency:
                     for name in servers:
                         if name in pa_cannot:
                             continue
-                        p = pa_point(tool, started[name][model], info, rows[model], conc, opts)
-                        if any(s in p.get("error", "") for s in PA_CANNOT_DRIVE):
-                            log.warning("perf_analyzer cannot drive %s: %s", name, p["error"])
-                            pa_cannot[name] = p["error"]
-                            continue
-                        raw.setdefault(("perf_analyzer", name, model, conc), []).append(p)
-                        _log_point(rnd, "perf_analyzer", name, model, conc, p)
+                        for client, streaming in pa_clients:
+                            p = pa_point(tool, started[name][model], info, rows[model], conc,
+                                         opts, streaming)  # fmt: skip
+                            if any(s in p.get("error", "") for s in PA_CANNOT_DRIVE):
+                                log.warning("perf_analyzer cannot drive %s: %s", name, p["error"])
+                                pa_cannot[name] = p["error"]
+                                break
+                            raw.setdefault((client, name, model, conc), []).append(p)
+                            _log_point(rnd, client, name, model, conc, p)
     finally:
         gen.close()
         for by in started.values():

@@ -13,7 +13,7 @@ TLS and tokens as for the blocking client (:func:`services.client.open_channel`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import nnserve_pb2, nnserve_pb2_grpc
 from services.client import (
     DEFAULT_TIMEOUT_S,
+    Batch,
     ClassifyResult,
     ExplainOptions,
     ModelDescription,
@@ -31,7 +32,9 @@ from services.client import (
     SequenceResult,
     ServingStatus,
     _bearer,
+    _classify_answer,
     _classify_result,
+    _classify_stream_requests,
     _credentials,
     _description,
     _images_request,
@@ -126,6 +129,27 @@ class AsyncNNServeClient:
         """See :meth:`services.client.NNServeClient.classify_tabular`."""
         request = _tabular_request(model, rows, top_k, version)
         return _classify_result(await self._call(self._predictor.Classify, request))
+
+    async def classify_stream(
+        self,
+        model: str,
+        batches: Iterable[Batch],
+        top_k: int = 1,
+        *,
+        version: str = "",
+        images: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[int, ClassifyResult | NNServeError]]:
+        """See :meth:`services.client.NNServeClient.classify_stream` (``async for``)."""
+        requests = _classify_stream_requests(model, batches, top_k, version, images)
+        call = self._predictor.ClassifyStream(requests, timeout=timeout, metadata=self._metadata)
+        try:
+            async for answer in call:
+                yield _classify_answer(answer)
+        except grpc.aio.AioRpcError as err:
+            raise NNServeError(err.code(), err.details() or "") from None
+        finally:
+            call.cancel()
 
     async def classify_images(
         self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
