@@ -117,7 +117,7 @@ def test_quick_run_writes_expected_json(repository: Path, tmp_path: Path) -> Non
     cmd = [
         sys.executable, "-m", "bench", "--repository", str(repository), "--models", "mlp",
         "--quick", "--concurrency", "1,8", "--duration", "1s", "--warmup", "0.3s",
-        "--out", str(out),
+        "--out", str(out), "--apis", "v2,domain,v2-stream", "--stream-window", "4",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -132,7 +132,9 @@ def test_quick_run_writes_expected_json(repository: Path, tmp_path: Path) -> Non
     assert all(f["inferences_per_s"] > 0 and f["p50_ms"] > 0 for f in doc["floor"])
 
     points = {(p["api"], p["concurrency"]): p for p in doc["points"]}
-    assert set(points) == {("v2", 1), ("v2", 8), ("domain", 1), ("domain", 8)}
+    assert set(points) == {(api, c) for api in ("v2", "domain", "v2-stream") for c in (1, 8)}
+    # ModelStreamInfer: ceil(concurrency / window) streams, every answer matched by id.
+    assert points[("v2-stream", 1)]["streams"] == 1 and points[("v2-stream", 8)]["streams"] == 2
     for p in points.values():
         assert p["model"] == "mlp"
         assert p["requests"] > 0 and p["inferences_per_s"] > 0

@@ -194,6 +194,9 @@ def test_noop_floor_serves_and_is_measured(repository: Path, tmp_path: Path) -> 
             assert point["requests"] > 0 and point["error_count"] == 0
             assert point["response_check"] == "ok"
             assert point["server_us_per_request"] > 0 and point["server_cores"] > 0
+            # Over ModelStreamInfer: the floor echoes each id, so every answer is matched.
+            streamed = loadgen_point(gen, server, workload.payloads, workload.method, 4, opts, 2)
+            assert streamed["requests"] > 0 and streamed["error_count"] == 0
         finally:
             server.stop()
     assert server.process.poll() is not None
