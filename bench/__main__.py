@@ -93,9 +93,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stream-window",
         type=int,
-        default=32,
+        default=4,
         help="v2-stream: requests in flight per stream; a point of concurrency C opens "
-        "ceil(C / window) streams (default 32)",
+        "ceil(C / window) streams (default 4: one stream writes its answers one at a "
+        "time, so a few streams serve more than one)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="--workers passed to the services (default 1)"

@@ -61,7 +61,7 @@ class Options:
     perf_analyzer_window_ms: int = 3000
     loadgen_ceiling: bool = False
     timeout_s: float = 30.0
-    stream_window: int = 32  # v2-stream: requests in flight per stream
+    stream_window: int = 4  # v2-stream: requests in flight per stream
 
 
 # ---------------------------------------------------------------------- context

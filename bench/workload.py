@@ -209,7 +209,7 @@ class Workload:
 
 
 def build_workload(
-    info: ModelInfo, api: str, rows: list[Row], version: str = "", stream_window: int = 32
+    info: ModelInfo, api: str, rows: list[Row], version: str = "", stream_window: int = 4
 ) -> Workload:
     if api in ("v2", "v2-stream"):
         payloads = tuple(v2_request(info, r, version) for r in rows)

@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
                    "what is queued; -1: nnserve's model.json value)")  # fmt: skip
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin client and servers to separate CPUs")  # fmt: skip
-    p.add_argument("--stream-window", type=int, default=32,
+    p.add_argument("--stream-window", type=int, default=4,
                    help="requests in flight per ModelStreamInfer stream for the streaming "
                    "clients (bench-stream, perf_analyzer --streaming); 0: unary only")  # fmt: skip
     p.add_argument("--no-plots", action="store_true")

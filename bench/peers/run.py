@@ -79,7 +79,7 @@ class PeerOptions:
     peer_queue_delay_ms: float | None = 0.0
     # Also measure over ModelStreamInfer: this many requests in flight per stream
     # (clients bench-stream and perf_analyzer --streaming); 0: unary only.
-    stream_window: int = 32
+    stream_window: int = 4
 
 
 # ---------------------------------------------------------------------- pinning
