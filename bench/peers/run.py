@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench import perf_analyzer, procstat
 from bench.loadgen import LoadGenerator
 from bench.peers import configs, envs
@@ -169,10 +171,13 @@ def pa_point(
     pids = server.pids()
     t0, cpu0 = time.monotonic(), procstat.cpu_seconds(pids)
     dynamic = tuple(t.name for t in info.inputs if -1 in t.shape[1:])
-    points, _ = perf_analyzer.run_model(
-        tool, server.address, info.name, [concurrency], rows, opts.perf_analyzer_window_ms,
-        dynamic, ["--streaming"] if streaming else None,
-    )  # fmt: skip
+    try:
+        points, _ = perf_analyzer.run_model(
+            tool, server.address, info.name, [concurrency], rows, opts.perf_analyzer_window_ms,
+            dynamic, ["--streaming"] if streaming else None,
+        )  # fmt: skip
+    except grpc.RpcError as exc:  # the server went away (its log is kept)
+        return {"error": f"{exc.code().name}: {exc.details()}"[:400]}  # type: ignore[attr-defined]
     wall = time.monotonic() - t0
     cores = (procstat.cpu_seconds(pids) - cpu0) / wall
     p: dict[str, Any] = points[0] if points else {"error": "no output"}
@@ -337,7 +342,8 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         for by in started.values():
             for server in set(by.values()):
                 server.stop()
-        if all(v == "ok" for v in doc["status"].values()):
+        failed = any("error" in p for rounds in raw.values() for p in rounds)
+        if all(v == "ok" for v in doc["status"].values()) and not failed:
             shutil.rmtree(work, ignore_errors=True)  # server logs stay when one failed
         else:
             log.info("server logs kept in %s", work)
