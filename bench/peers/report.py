@@ -101,6 +101,12 @@ def table(doc: dict[str, Any]) -> str:
     for name, why in doc.get("perf_analyzer_cannot_drive", {}).items():
         parts.append(f"perf_analyzer x {LABELS[name]}: unavailable: {why}")
     parts.extend(f"failed: {f}" for f in failures)
+    for crash in doc.get("crashes", []):
+        signal_line = next(
+            (line for line in crash["log_tail"].splitlines() if "Signal" in line), ""
+        )
+        parts.append(f"{LABELS[crash['server']]} exited (code {crash['exit_code']}) during the "
+                     f"run and was restarted: {signal_line or 'see ' + crash['log']}")  # fmt: skip
     if doc.get("perf_analyzer_status"):
         parts.append(f"perf_analyzer: {doc['perf_analyzer_status']}")
     pinning = doc.get("pinning")

@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +278,7 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         if split
         else None,
         "status": {},
+        "crashes": [],  # servers that died during the run (restarted)
         "rounds": [],
     }
     if split:
@@ -303,6 +304,35 @@ def run(opts: PeerOptions) -> dict[str, Any]:
         def server_pids() -> list[int]:
             return [p for by in started.values() for s in set(by.values()) for p in s.pids()]
 
+        def alive(name: str) -> bool:
+            """Restart a server that died since its last point, recording the crash and
+            keeping its log (Triton 2.51 crashed under ModelStreamInfer load here)."""
+            if name not in started:
+                return False
+            servers_of = set(started[name].values())
+            dead = [s for s in servers_of if s.process.poll() is not None]
+            if not dead:
+                return True
+            for s in dead:
+                kept = s.log_path.with_suffix(f".crash{len(doc['crashes']) + 1}.log")
+                s.log_path.rename(kept)
+                s.log_path = kept
+                tail = s.log_tail(12)
+                log.error("%s exited with code %s; restarting it. Log tail:\n%s",
+                          name, s.process.returncode, tail)  # fmt: skip
+                doc["crashes"].append({"server": name, "exit_code": s.process.returncode,
+                                       "log": str(kept), "log_tail": tail})  # fmt: skip
+            for s in servers_of:
+                s.stop()
+            fresh = _start_all(replace(opts, servers=[name]), infos, work, doc["status"])
+            if name not in fresh:
+                del started[name]
+                return False
+            started[name] = fresh[name]
+            if split:
+                pin(server_pids(), split[1])
+            return True
+
         window = opts.stream_window
         bench_clients: list[tuple[str, Callable[[int], int]]] = [("bench", lambda c: 0)]
         pa_clients = [("perf_analyzer", False)]
@@ -316,6 +346,8 @@ def run(opts: PeerOptions) -> dict[str, Any]:
             for model, info in infos.items():
                 for conc in opts.concurrency:
                     for name in servers:
+                        if not alive(name):
+                            continue
                         wl = workloads[(name, model)]
                         for client, streams in bench_clients:
                             p = loadgen_point(gen, started[name][model], wl.payloads, wl.method,
@@ -326,7 +358,7 @@ def run(opts: PeerOptions) -> dict[str, Any]:
                     continue
                 for conc in opts.concurrency:
                     for name in servers:
-                        if name in pa_cannot:
+                        if name in pa_cannot or not alive(name):
                             continue
                         for client, streaming in pa_clients:
                             p = pa_point(tool, started[name][model], info, rows[model], conc,
