@@ -322,10 +322,18 @@ def run_model(
                 cmdline = " ".join(Path(c).name if c.startswith(tmp) else c for c in cmd)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 started = time.monotonic()
-                done = subprocess.run(
-                    cmd, env=tool.env(), capture_output=True, text=True,
-                    timeout=window_ms / 1000 * 12 + 60,
-                )  # fmt: skip
+                try:
+                    done = subprocess.run(
+                        cmd, env=tool.env(), capture_output=True, text=True,
+                        timeout=window_ms / 1000 * 12 + 60,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired as exc:  # e.g. the server died mid-run
+                    out = (
+                        exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+                    )
+                    done = subprocess.CompletedProcess(
+                        cmd, -1, out, f"timed out after {exc.timeout:.0f} s"
+                    )
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                 client_cores = cpu / max(1e-9, time.monotonic() - started)
