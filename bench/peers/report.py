@@ -93,7 +93,8 @@ def table(doc: dict[str, Any]) -> str:
                             str(p.get("error_count", "-")),
                         ]
                     )
-        parts.append(f"{model}: KServe v2 ModelInfer, batch 1, medians of rounds")
+        parts.append(f"{model}: KServe v2 batch 1 (ModelInfer; streams: ModelStreamInfer), "
+                     "medians of rounds")  # fmt: skip
         parts.append(_rows_table(HEADER, rows))
     for name in _order(doc):
         if status.get(name, "ok") != "ok":
@@ -102,9 +103,7 @@ def table(doc: dict[str, Any]) -> str:
         parts.append(f"perf_analyzer x {LABELS[name]}: unavailable: {why}")
     parts.extend(f"failed: {f}" for f in failures)
     for crash in doc.get("crashes", []):
-        signal_line = next(
-            (line for line in crash["log_tail"].splitlines() if "Signal" in line), ""
-        )
+        signal_line = crash.get("signal", "")
         parts.append(f"{LABELS[crash['server']]} exited (code {crash['exit_code']}) during the "
                      f"run and was restarted: {signal_line or 'see ' + crash['log']}")  # fmt: skip
     if doc.get("perf_analyzer_status"):
@@ -182,8 +181,8 @@ def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
             else "unpinned"
         )
         fig.suptitle(
-            f"{model}, KServe v2 ModelInfer batch 1: medians of {doc['options']['rounds']} "
-            f"rounds; {doc['machine'].get('cpus')} CPUs, {where}",
+            f"{model}, KServe v2 batch 1 (unary and streams): medians of "
+            f"{doc['options']['rounds']} rounds; {doc['machine'].get('cpus')} CPUs, {where}",
             fontsize=10,
         )
         fig.tight_layout()

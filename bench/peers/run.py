@@ -318,10 +318,15 @@ def run(opts: PeerOptions) -> dict[str, Any]:
                 s.log_path.rename(kept)
                 s.log_path = kept
                 tail = s.log_tail(12)
+                signal_line = next(
+                    (line for line in kept.read_text(errors="replace").splitlines()
+                     if line.startswith("Signal")), "",
+                )  # fmt: skip
                 log.error("%s exited with code %s; restarting it. Log tail:\n%s",
                           name, s.process.returncode, tail)  # fmt: skip
                 doc["crashes"].append({"server": name, "exit_code": s.process.returncode,
-                                       "log": str(kept), "log_tail": tail})  # fmt: skip
+                                       "log": str(kept), "log_tail": tail,
+                                       "signal": signal_line})  # fmt: skip
             for s in servers_of:
                 s.stop()
             fresh = _start_all(replace(opts, servers=[name]), infos, work, doc["status"])
