@@ -10,8 +10,11 @@ Merging, ONNX Runtime and splitting run on an inference thread, off the event lo
 Every future is resolved: a failed batch fails only its own requests.
 
 Inline fast path: for a model whose one-row run measured tiny at load (registry), a
-one-row request that finds nothing queued or running for its model runs at once on the
-event loop, saving the two thread hand-offs that cost more than such a model's compute.
+one-row request that finds its model idle runs at once on the event loop, saving the two
+thread hand-offs that cost more than such a model's compute. Idle: nothing queued or
+running, and no request of the model finished within the idle gap. Under load requests
+follow each other closer than the gap, so they batch on the inference threads instead
+(inline requests never batch: a handler runs to the end of an inline run).
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class Batcher:
         max_in_flight: int,
         inline: bool = False,
         adaptive: AdaptiveBatching | None = None,
+        inline_idle_gap_s: float = 0.0,
     ) -> None:
         self.name = name
         self._runner = runner
@@ -133,7 +137,9 @@ class Batcher:
         self.metrics = metrics
         self.config = config
         self._max_in_flight = max(1, max_in_flight)
-        self.inline = inline  # may run a lone request on the event loop (see infer)
+        self.inline = inline  # may run a lone request on the event loop (runs_inline)
+        self._idle_gap_s = inline_idle_gap_s
+        self._last_finished = -math.inf  # monotonic time a request of the model last finished
         self.adaptive = adaptive  # closed-loop batch cap and queue delay (services.adaptive)
         self._publish_knobs()
         self.stats = BatchStats()
@@ -174,6 +180,17 @@ class Batcher:
     def busy(self) -> bool:
         return bool(self._queue) or self._running > 0
 
+    def runs_inline(self, rows: int, now: float) -> bool:
+        """Whether a request of `rows` rows arriving at `now` (monotonic) runs on the loop."""
+        return (
+            self.inline
+            and rows == 1  # what was measured at load
+            and self.inflight <= 1
+            and not self._queue
+            and not self._running
+            and now - self._last_finished >= self._idle_gap_s
+        )
+
     async def infer(
         self, inputs: Tensors, rows: int, deadline: float | None, timing: Timing | None = None
     ) -> Tensors:
@@ -194,13 +211,7 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("deadline passed before the request was queued")
-        if (
-            self.inline
-            and rows == 1  # what was measured at load
-            and self.inflight <= 1
-            and not self._queue
-            and not self._running
-        ):
+        if self.runs_inline(rows, now):
             # Nothing to batch with: run now, on the loop, without two thread hand-offs.
             return self._run_inline(inputs, rows, timing or Timing())
         padded = self._layout.padded_inputs
@@ -308,6 +319,7 @@ class Batcher:
         self.stats.queue_count += 1
         self.stats.record(rows, 0.0, elapsed, 0.0)
         timing.compute = elapsed
+        self._last_finished = time.monotonic()
         return dict(zip(self._runner.output_names, outputs, strict=True))
 
     def _start(self, batch: list[_Pending]) -> None:
@@ -343,6 +355,7 @@ class Batcher:
         self, batch: list[_Pending], outcome: _Outcome | None, error: BaseException | None
     ) -> None:
         self._running -= 1
+        self._last_finished = time.monotonic()
         if error is not None:
             log.error(
                 "model %s: batch of %d requests failed", self.name, len(batch), exc_info=error

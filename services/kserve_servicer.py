@@ -240,7 +240,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self._registry.resolve(request.model_name, request.model_version)
         except ServingError:
             return False  # the task path answers with the error
-        return model.batcher.inline and not model.batcher.busy
+        return model.batcher.runs_inline(1, time.monotonic())
 
     # ------------------------------------------------------------- not offered
 

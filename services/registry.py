@@ -445,6 +445,7 @@ class ModelRegistry:
             max_in_flight=self._settings.inference_threads,
             inline=inline,
             adaptive=self._adaptive(config),
+            inline_idle_gap_s=self._settings.inline_idle_gap_us * 1e-6,
         )
 
     def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:

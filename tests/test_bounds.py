@@ -192,8 +192,9 @@ def test_a_stream_reads_no_further_than_its_window(
     8 in the server; the rest wait in gRPC flow control. Once released, every request is
     answered with its id."""
     settings = make_settings(
-        scratch_repository, models=["mlp"], inference_threads=1, max_stream_inflight=8
-    )
+        scratch_repository, models=["mlp"], inference_threads=1, max_stream_inflight=8,
+        inline_max_compute_us=0,  # every request goes to the (held) inference thread
+    )  # fmt: skip
     features = golden_inputs(model_repository, "mlp")["features"][:1]
     with running_server(settings) as server:
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())

@@ -1,6 +1,7 @@
 """The inline fast path: a model whose one-row compute measured tiny at load runs its
-requests on the event loop (no inference-thread hand-off) when nothing is queued or
-running on the inference threads for it; other models batch on the threads as before.
+requests on the event loop (no inference-thread hand-off) when it is idle: nothing
+queued or running for it, and none of its requests finished within the idle gap; other
+requests batch on the inference threads as before.
 The choice shows in ModelConfig parameters and metrics; answers are the same either way."""
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_inline_runs_lone_requests_and_batches_under_concurrency(
     settings = make_settings(
         scratch_repository, service="classify", models=["mlp"], inference_threads=1,
         inline_max_compute_us=1e6,  # always tiny enough: the switch, not the measurement
+        inline_idle_gap_us=0,  # idle as soon as nothing is queued or running
     )  # fmt: skip
     with running_server(settings) as server:
         params = _config(server)
@@ -93,3 +95,24 @@ def test_inline_off_keeps_every_request_on_the_inference_threads(
         for _ in range(5):
             stub.ModelInfer(request, timeout=10)
         assert _metric(server, "nnserve_inline_runs_total") == 0.0
+
+
+def test_requests_that_follow_each_other_within_the_idle_gap_batch(
+    scratch_repository: Path,
+) -> None:
+    """With an idle gap of 60 s, only the first request (the model never ran) runs inline;
+    the next ones arrive within the gap of the previous one's end and go to the threads."""
+    settings = make_settings(
+        scratch_repository, service="classify", models=["mlp"], inline_max_compute_us=1e6,
+        inline_idle_gap_us=60e6,
+    )  # fmt: skip
+    with running_server(settings) as server:
+        assert _config(server)["inline_fast_path"] == "on"
+        stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
+        inputs = golden_inputs(scratch_repository, "mlp")
+        expected = reference_outputs(scratch_repository, "mlp", inputs)
+        for _ in range(5):
+            outputs = decode_outputs(stub.ModelInfer(infer_request("mlp", inputs), timeout=10))
+            for key, value in outputs.items():
+                np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6)
+        assert _metric(server, "nnserve_inline_runs_total") == 1.0
