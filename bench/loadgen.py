@@ -137,6 +137,8 @@ async def _run_job(job: Job) -> Sample:
 
 async def _run_streams(job: Job, channels: list[Any], sample: Sample) -> Sample:
     """Closed loop over ModelStreamInfer streams; an answer with error_message is an error."""
+    import grpc
+
     from protos import grpc_service_pb2 as pb
 
     latencies = array("d")
@@ -169,7 +171,7 @@ async def _run_streams(job: Job, channels: list[Any], sample: Sample) -> Sample:
             await send()
         while sent_at:
             data = await call.read()
-            if data is grpc_eof():
+            if data is grpc.aio.EOF:
                 break
             t1 = mono()
             answer = pb.ModelStreamInferResponse.FromString(data)
@@ -192,12 +194,6 @@ async def _run_streams(job: Job, channels: list[Any], sample: Sample) -> Sample:
     sample.errors = errors
     sample.sent = sent[0]
     return sample
-
-
-def grpc_eof() -> Any:
-    import grpc
-
-    return grpc.aio.EOF
 
 
 def _process_main(conn: Connection) -> None:

@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     Off by default: it buys 10% at one client and costs 1-6% under load (streams most;
     docs/benchmarks.md)."""
 
-    inline_idle_gap_us: float = 300.0
+    inline_idle_gap_us: float = Field(default=300.0, ge=0)
     """Idle for the inline fast path: nothing queued or running for the model and none of
     its requests finished within this many microseconds. Under load requests follow each
     other closer than that and batch on the inference threads (docs/benchmarks.md)."""
