@@ -220,11 +220,21 @@ class DomainModel:
         return self.spec.sequence.token_index
 
 
-def decode_classify(request: npb.ClassifyRequest, model: DomainModel) -> Tensors:
+def _check_rows(count: int, spec: ModelSpec, max_rows: int) -> None:
+    """Refuse a domain request of more rows than a batch holds before building arrays."""
+    if count > max_rows:
+        raise InvalidInput(
+            f"request has {count} rows; model {spec.name!r} takes at most {max_rows} per "
+            "request (max_batch_size)"
+        )
+
+
+def decode_classify(request: npb.ClassifyRequest, model: DomainModel, max_rows: int) -> Tensors:
     spec = model.spec
     c = spec.classify
     if c is None:
         raise InvalidInput(f"model {spec.name!r} is a {spec.task} model; use Sequence")
+    _check_rows(len(request.rows) + len(request.images), spec, max_rows)
     if request.rows and request.images:
         raise InvalidInput("give either rows or images, not both")
     if c.kind == "tabular":
@@ -321,11 +331,12 @@ def encode_classify(
     return response
 
 
-def decode_sequence(request: npb.SequenceRequest, model: DomainModel) -> Tensors:
+def decode_sequence(request: npb.SequenceRequest, model: DomainModel, max_rows: int) -> Tensors:
     spec = model.spec
     seq = spec.sequence
     if seq is None:
         raise InvalidInput(f"model {spec.name!r} is a {spec.task} model; use Classify")
+    _check_rows(len(request.sequences), spec, max_rows)
     if not request.sequences:
         raise InvalidInput("empty batch: no sequences given")
     rows: list[np.ndarray] = []

@@ -193,10 +193,11 @@ class Request:
             stats.success_ns += int(elapsed * 1e9)
             stats.inference_count += self._rows
             stats.last_inference_ms = int(time.time() * 1000)
-            if plane.stage_metrics:
-                self._observe_stages(end)
-            if plane.tracing is not None:
-                self._trace_stages(plane.tracing, end)
+            if self._inferred:  # the batcher ran it (a Stream message's steps do not)
+                if plane.stage_metrics:
+                    self._observe_stages(end)
+                if plane.tracing is not None:
+                    self._trace_stages(plane.tracing, end)
             return
         if isinstance(exc, asyncio.CancelledError) and self._expired():
             exc = DeadlineExpired("deadline exceeded")  # the client's deadline ended the call

@@ -47,7 +47,8 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     ) -> npb.ClassifyResponse:
         name, version = request.model_name, request.model_version
         async with self._plane.request(method, name, version, deadline) as scope:
-            inputs = codec.decode_classify(request, scope.model.domain)
+            max_rows = scope.model.config.max_batch_size
+            inputs = codec.decode_classify(request, scope.model.domain, max_rows)
             outputs = await scope.infer(inputs)
             return codec.encode_classify(request, scope.model.spec, outputs)
 
@@ -61,7 +62,8 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     ) -> npb.SequenceResponse:
         name, version = request.model_name, request.model_version
         async with self._plane.request(method, name, version, deadline) as scope:
-            inputs = codec.decode_sequence(request, scope.model.domain)
+            max_rows = scope.model.config.max_batch_size
+            inputs = codec.decode_sequence(request, scope.model.domain, max_rows)
             explain = codec.explain_options(request, scope.model.spec)
             # Only explain requests run the explain graph (it returns the scores too).
             graph = scope.model.explainer if explain is not None else None

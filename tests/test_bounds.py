@@ -49,6 +49,19 @@ def test_rows_over_max_batch_size_are_refused_before_decoding(
     assert "at most 64" in err.value.details()
 
 
+def test_domain_rows_are_counted_before_arrays_are_built(sequence_server: RunningServer) -> None:
+    """200,000 one-token sequences (padded to the longest, 64 events, they would be ~100
+    MB of int64): refused by count in the decoder ("model 'transformer'"), before the
+    batcher (which names the version, "model 'transformer/1'") ever sees arrays."""
+    short = npb.SequenceInput(token_ids=npb.TokenIds(ids=[2]))
+    longest = npb.SequenceInput(token_ids=npb.TokenIds(ids=[2] * 64))
+    request = npb.SequenceRequest(model_name="transformer", sequences=[longest] + [short] * 200_000)
+    with pytest.raises(grpc.RpcError) as err:
+        npb_grpc.PredictorStub(sequence_server.channel()).Sequence(request, timeout=30)
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    assert "request has 200001 rows; model 'transformer' takes at most 64" in err.value.details()
+
+
 def test_long_client_strings_never_overflow_the_status(classify_server: RunningServer) -> None:
     """A name of 100,000 characters: the client sees the real error (INVALID_ARGUMENT:
     names and versions have bounded lengths), with a short message, not

@@ -193,6 +193,10 @@ def test_a_session_is_used_by_one_call_at_a_time(sequence_server: RunningServer)
 
 
 def test_session_metrics(sequence_server: RunningServer) -> None:
+    def stage_count() -> float:
+        return metric(sequence_server, "nnserve_request_stage_seconds_count", model="lstm")
+
+    stages_before = stage_count()
     events_before = metric(sequence_server, "nnserve_session_events_total", model="lstm")
     open_before = metric(sequence_server, "nnserve_sessions_open", model="lstm")
     with client(sequence_server) as c:
@@ -206,6 +210,8 @@ def test_session_metrics(sequence_server: RunningServer) -> None:
         events_before + 5
     )
     assert metric(sequence_server, "nnserve_requests_total", method="Stream", code="OK") >= 2
+    # Stream messages run step batches, not the request batcher: no request stages.
+    assert stage_count() == stages_before
 
 
 # ---------------------------------------------------------------- TTL and bound
