@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     """Run a one-row request on the event loop, without the inference-thread hand-off, when
     its model's one-row run measured at most this (microseconds, at load, CPU only) and the
     model is idle (see inline_idle_gap_us); 0 (the default) disables the inline fast path.
-    Off by default: it buys 10% at one client and costs 1-6% under load (streams most;
+    Off by default: it buys 11% at one client and costs 1-10% under load (streams most;
     docs/benchmarks.md)."""
 
     inline_idle_gap_us: float = Field(default=300.0, ge=0)

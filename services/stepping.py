@@ -92,13 +92,6 @@ class Stepper:
         scores = np.array(out[spec.sequence_scores_output][0])
         return float(out[spec.position_score_output][0]), scores, following
 
-    def close(self) -> None:
-        self.batcher.close()
-
-    @property
-    def busy(self) -> bool:
-        return self.batcher.busy
-
 
 def build_stepper(
     spec: ModelSpec,

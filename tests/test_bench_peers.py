@@ -136,28 +136,42 @@ def test_table_marks_a_missing_peer_and_computes_ratios() -> None:
             _point("nnserve", 8, 4000, 250),
             _point("mlserver", 8, 1000, 900),
             {
-                "client": "bench",
+                "client": "bench-stream",
                 "server": "mlserver",
                 "model": "mlp",
-                "concurrency": 16,
+                "concurrency": 8,
                 "error": "boom",
                 "rounds": 0,
             },
+        ],
+        "crashes": [
+            {
+                "server": "nnserve",
+                "exit_code": -11,
+                "log": "nnserve.crash1.log",
+                "log_tail": "...",
+                "signal": "Signal (11) received.",
+            }
         ],
         "machine": {"cpus": 2},
         "pinning": {"client_cpus": [0], "server_cpus": [1]},
     }
     text = report.table(doc)
     lines = text.splitlines()
-    triton = [ln for ln in lines if ln.startswith("bench") and "Triton" in ln]
+    triton = [ln for ln in lines if ln.startswith("bench (grpc.aio)") and "Triton" in ln]
     assert len(triton) == 1 and "unavailable" in triton[0]
     assert "no Python-backend stub for Python 3.99" in text
-    noop = next(ln.split() for ln in lines if "no-op" in ln and ln.startswith("bench"))
-    mls = next(ln.split() for ln in lines if "MLServer" in ln and ln.startswith("bench"))
+    noop = next(ln.split() for ln in lines if "no-op" in ln and ln.startswith("bench (grpc"))
+    mls = next(ln.split() for ln in lines if "MLServer" in ln and ln.startswith("bench (grpc"))
     # no-op: 2x nnserve's throughput, 0.5x its p50; CPU ratio to itself 1.00
     assert noop[-5:-2] == ["2.00", "0.50", "1.00"]
     assert mls[-5:-2] == ["0.25", "4.00", "9.00"]
     assert "client side on CPU [0], servers on CPU [1]" in text
+    # A point that failed shows as such, with its reason under the table; a crash too.
+    failed = [ln for ln in lines if ln.startswith("bench, streams") and "MLServer" in ln]
+    assert len(failed) == 1 and "failed" in failed[0]
+    assert "failed: bench, streams x MLServer 1.7.1 c=8: boom" in text
+    assert "nnserve exited (code -11) during the run and was restarted: Signal (11)" in text
 
 
 def test_median_of_rounds() -> None:
