@@ -3,7 +3,7 @@
     python -m bench.client_stream [--repository REPO] [--model mlp] [--duration 5]
 
 Starts the classify service for one tabular model, then measures from this process with
-`services.client`: the blocking client's `classify_tabular` called from 1 and 8 threads
+`nnserve_client`: the blocking client's `classify_tabular` called from 1 and 8 threads
 (one row per call), the asyncio client with 8 and 32 calls in flight, and the blocking
 client's `classify_stream` (one `ClassifyStream` call, one row per request, 8 or 32
 requests in flight: the next is sent as an answer arrives). Per mode: requests/s, median
@@ -30,8 +30,8 @@ import numpy as np
 from bench import procstat
 from bench.servers import Service, start_service, wait_serving
 from contract.model import read_spec, scan
-from services.client import NNServeClient
-from services.client.aio import AsyncNNServeClient
+from nnserve_client import NNServeClient
+from nnserve_client.aio import AsyncNNServeClient
 
 HEADER = ("client", "mode", "in flight", "requests/s", "p50 ms", "p99 ms", "client us/req",
           "server us/req")  # fmt: skip

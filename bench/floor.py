@@ -1,6 +1,6 @@
 """The in-process floor: ONNX Runtime alone, no gRPC, no batcher.
 
-The session is opened by services.runtime.open_session, so it has exactly the options
+The session is opened by services.core.runtime.open_session, so it has exactly the options
 the services use (threads, graph optimisation, no spinning, provider order and options);
 only the device policy is chosen here.
 """
@@ -41,8 +41,8 @@ class FloorResult:
 
 
 def open_model(info: ModelInfo, policy: str = "cpu_only", intra_op_threads: int = 1) -> Any:
-    """A services.runtime.ModelSession for the model's directory."""
-    from services.runtime import open_session
+    """A services.core.runtime.ModelSession for the model's directory."""
+    from services.core.runtime import open_session
     from services.settings import DevicePolicy
 
     assert info.spec is not None, "the floor needs the model repository"

@@ -143,7 +143,7 @@ def environment(report: Report, allow_cpu: bool) -> str:
     returns the provider every model is expected to run on."""
     import onnxruntime as ort
 
-    from services.runtime import cuda_device_count
+    from services.core.runtime import cuda_device_count
 
     report.info("python", f"{sys.version.split()[0]} at {sys.executable}")
     providers = ort.get_available_providers()
@@ -191,7 +191,7 @@ def open_in_process(
     their goldens on CUDA."""
     from bench.floor import open_model
     from contract.model import ModelLoadError
-    from services.runtime import check_goldens
+    from services.core.runtime import check_goldens
 
     cpu = {m: open_model(i, "cpu_only") for m, i in infos.items()}
     cuda: dict[str, Any] = {}
@@ -234,7 +234,7 @@ def measured_placement(
     """The measure policy as the services open it (sizes 1, 8, max), then every size it
     routes to CUDA timed again on both providers: the GPU must not be slower there."""
     from bench.floor import feeds_for, time_calls
-    from services.runtime import open_session
+    from services.core.runtime import open_session
     from services.settings import DevicePolicy, Settings
 
     settings = Settings()

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.metrics import STAGES
+from services.ops.metrics import STAGES
 from services.settings import SERVICE_MODELS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -34,9 +34,9 @@ import numpy as np
 from bench import procstat
 from bench.servers import Service, start_service, wait_serving
 from contract.model import read_spec, scan
+from nnserve_client import NNServeClient, NNServeError, StreamSession
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.client import NNServeClient, NNServeError, StreamSession
 
 MODEL = "lstm"
 BATCHED = 8  # events per message in the second streaming column

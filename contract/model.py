@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,10 @@ class ClassifySpec:
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width)
     pixel_max: float = 1.0
 
+    @cached_property
+    def feature_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.feature_names)}
+
 
 @dataclass(frozen=True)
 class SequenceSpec:
@@ -114,7 +119,7 @@ class SequenceSpec:
     # Set on an explain graph's spec only: its (B, T, T) output, cut on axes 1 and 2.
     attention_output: str | None = None
 
-    @property
+    @cached_property
     def token_index(self) -> dict[str, int]:
         return {token: i for i, token in enumerate(self.vocabulary)}
 

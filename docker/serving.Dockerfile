@@ -31,6 +31,6 @@ USER 10001:10001
 # gRPC: classify 50051, sequence 50052. Prometheus /metrics: classify 9091, sequence 9092.
 EXPOSE 50051 50052 9091 9092
 # The gRPC port differs per service, so the health check lives in docker-compose.yml:
-#   python -m services.client --address 127.0.0.1:<grpc port> health
+#   python -m nnserve_client --address 127.0.0.1:<grpc port> health
 ENTRYPOINT ["python", "-m", "services"]
 CMD ["--service", "classify"]

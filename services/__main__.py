@@ -6,7 +6,7 @@ import sys
 
 from pydantic import ValidationError
 
-from services.logs import configure_logging
+from services.ops.logs import configure_logging
 from services.process import run, serve_workers
 from services.settings import Settings
 

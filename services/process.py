@@ -16,14 +16,14 @@ import signal
 import sys
 import tempfile
 
-from services.logs import configure_logging
+from services.ops.logs import configure_logging
 from services.settings import Settings
 
 log = logging.getLogger("services")
 
 
 async def serve(settings: Settings) -> None:
-    from services.server import build_server  # after logging and env are set up
+    from services.rpc.server import build_server  # after logging and env are set up
 
     server = build_server(settings)
     stop = asyncio.Event()
@@ -74,7 +74,7 @@ def serve_workers(settings: Settings) -> None:
     if settings.metrics_port is not None and settings.metrics_port >= 0:
         http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
     if settings.ports_file is not None:
-        from services.server import write_ports_file
+        from services.rpc.server import write_ports_file
 
         metrics_port = http.server_address[1] if http is not None else None
         write_ports_file(settings.ports_file, settings.grpc_port or 0, metrics_port)

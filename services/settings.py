@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.model import ServingDefaults, is_model_name
-from services.security import TLSFiles, is_loopback
+from services.ops.tls import TLSFiles, is_loopback
 
 
 class DevicePolicy(StrEnum):

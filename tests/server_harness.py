@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from services.server import NNServeServer, build_server
+from services.rpc.server import NNServeServer, build_server
 from services.settings import Settings
 
 T = TypeVar("T")

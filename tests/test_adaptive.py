@@ -10,8 +10,8 @@ from pathlib import Path
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from services.adaptive import WINDOW, AdaptiveBatching
-from services.workers import InferenceThreads
+from services.batching.adaptive import WINDOW, AdaptiveBatching
+from services.batching.threads import InferenceThreads
 from tests.conftest import golden_inputs
 from tests.server_harness import make_settings, running_server
 from tests.test_batcher import GatedRunner, make_batcher, row, started

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from services.batching import Batcher, BatchFailed
+from services.batching.batcher import Batcher, BatchFailed
+from services.batching.merge import BatchLayout
+from services.batching.threads import InferenceThreads
 from services.errors import DeadlineExpired, InvalidInput, QueueFull
-from services.merge import BatchLayout
-from services.metrics import Metrics
+from services.ops.metrics import Metrics
 from services.settings import DevicePolicy, ServingConfig
-from services.workers import InferenceThreads
 
 CPU = "CPUExecutionProvider"
 FAIL = -1.0  # a row holding this value makes its batch fail

@@ -1,4 +1,4 @@
-"""services.client: the library's encoding and the CLI's rendering, over the wire.
+"""nnserve_client: the library's encoding and the CLI's rendering, over the wire.
 
 The server here implements nnserve.v1.Predictor and grpc.health.v1 on 127.0.0.1
 (port 0) with answers computed from the request by known formulas (pixel layout,
@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protos import nnserve_pb2, nnserve_pb2_grpc
-from services.client import (
+from nnserve_client import (
     ModelDescription,
     NNServeClient,
     NNServeError,
     ServingStatus,
 )
-from services.client.inputs import InputError, parse_events, parse_features, read_image
+from nnserve_client.inputs import InputError, parse_events, parse_features, read_image
+from protos import nnserve_pb2, nnserve_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,7 +214,7 @@ def client(address: str) -> Iterator[NNServeClient]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.client", *args],
+        [sys.executable, "-m", "nnserve_client", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,4 +1,4 @@
-"""services.client (blocking and asyncio) and its CLI against the real services.
+"""nnserve_client (blocking and asyncio) and its CLI against the real services.
 
 Every score the client returns must equal in-process ONNX Runtime on the tensors the
 domain API builds from the same input (feature order, pixel scaling, token ids and
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from contract.model import ModelSpec, read_spec
-from services.client import NNServeClient, NNServeError, ServingStatus
-from services.client.aio import AsyncNNServeClient
+from nnserve_client import NNServeClient, NNServeError, ServingStatus
+from nnserve_client.aio import AsyncNNServeClient
 from tests.conftest import golden_inputs, reference_outputs
 from tests.server_harness import RunningServer
 from tests.test_client_cli import run_cli

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from services.client import NNServeClient
+from nnserve_client import NNServeClient
 from tests.compose_stack import (
     ROOT,
     Stack,
@@ -106,7 +106,7 @@ def test_services_are_healthy(stack: Stack) -> None:
 
 def run_cli(address: str, args: list[str]) -> Any:
     result = subprocess.run(
-        [sys.executable, "-m", "services.client", "--address", address, "--json", *args],
+        [sys.executable, "-m", "nnserve_client", "--address", address, "--json", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

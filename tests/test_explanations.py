@@ -38,7 +38,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.merge import BatchLayout
+from services.batching.merge import BatchLayout
 from tests.server_harness import RunningServer, make_settings, running_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.logs import VOCABULARY, is_valid
@@ -441,7 +441,7 @@ def test_kserve_has_no_attention_output(server: RunningServer) -> None:
 def test_cli_prints_the_explanation(server: RunningServer) -> None:
     events, _, position = missing_response_runs()[4]  # a health check in between
     proc = subprocess.run(
-        [sys.executable, "-m", "services.client", "--address", server.address, "logs", MODEL,
+        [sys.executable, "-m", "nnserve_client", "--address", server.address, "logs", MODEL,
          "--events", ",".join(events), "--explain"],
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
     )  # fmt: skip
@@ -462,7 +462,7 @@ def test_cli_prints_the_explanation(server: RunningServer) -> None:
         (a.position, a.token, pytest.approx(a.weight, abs=5e-4)) for a in served.attended
     ]
     as_json = subprocess.run(
-        [sys.executable, "-m", "services.client", "--address", server.address, "--json",
+        [sys.executable, "-m", "nnserve_client", "--address", server.address, "--json",
          "logs", MODEL, "--events", ",".join(events), "--explain", "--top-k", "1"],
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
     )  # fmt: skip

@@ -42,8 +42,8 @@ import pytest
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.dataplane import UNKNOWN_MODEL
-from services.metrics import LATENCY_BUCKETS
+from services.core.dataplane import UNKNOWN_MODEL
+from services.ops.metrics import LATENCY_BUCKETS
 from tests.conftest import ALL_MODELS, CLASSIFY_MODELS, SEQUENCE_MODELS, golden_inputs, model_json
 from tests.prometheus_server import PrometheusServer, require_binary
 from tests.server_harness import RunningServer, make_settings, running_server

@@ -31,7 +31,7 @@ CPU = "CPUExecutionProvider"
 def test_fallback_reported_in_log_model_config_and_metric(
     scratch_repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.runtime")
+    caplog.set_level(logging.INFO, logger="services.core.runtime")
     settings = make_settings(
         scratch_repository,
         service="classify",

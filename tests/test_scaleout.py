@@ -30,9 +30,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from nnserve_client import NNServeClient, NNServeError, ServingStatus
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from services.client import NNServeClient, NNServeError, ServingStatus
 from tests.conftest import golden_inputs, reference_outputs
 from tests.envoy_proxy import ENVOY_CONFIG, EnvoyProxy, envoy_binary, free_port, local_config
 from tests.test_kserve_api import decode_outputs, infer_request

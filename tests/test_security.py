@@ -43,13 +43,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from nnserve_client import NNServeClient, NNServeError, ServingStatus
+from nnserve_client.aio import AsyncNNServeClient
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2
-from services import auth
-from services.client import NNServeClient, NNServeError, ServingStatus
-from services.client.aio import AsyncNNServeClient
-from services.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
+from services.ops import auth
+from services.rpc.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
 from tests.pki import CA, Issued, issue, make_ca, serial_of
@@ -214,7 +214,7 @@ def tritonclient(
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.client", *args],
+        [sys.executable, "-m", "nnserve_client", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -633,12 +633,12 @@ def test_every_served_method_has_a_role() -> None:
 
 def test_token_helper_command(tmp_path: Path) -> None:
     hashed = subprocess.run(
-        [sys.executable, "-m", "services.auth", "hash"],
+        [sys.executable, "-m", "services.ops.auth", "hash"],
         input="s3cret\n", capture_output=True, text=True, timeout=30, cwd=ROOT,
     )  # fmt: skip
     assert hashed.stdout.strip() == "sha256:" + hashlib.sha256(b"s3cret").hexdigest()
     made = subprocess.run(
-        [sys.executable, "-m", "services.auth", "new", "--name", "ci", "--role", "infer"],
+        [sys.executable, "-m", "services.ops.auth", "new", "--name", "ci", "--role", "infer"],
         capture_output=True, text=True, timeout=30, cwd=ROOT,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -762,7 +762,7 @@ def test_plaintext_on_a_public_host_must_be_chosen(pki: PKI) -> None:
 def test_unusable_tls_files_stop_the_server(
     model_repository: Path, pki: PKI, tmp_path: Path
 ) -> None:
-    from services.security import TLSConfigError
+    from services.ops.tls import TLSConfigError
 
     mismatched = make_settings(
         model_repository, models=[MODEL], tls_cert=pki.server.cert, tls_key=pki.client.key
@@ -828,7 +828,7 @@ def test_compose_tls_override_matches_the_spec_and_merges() -> None:
         assert mount["type"] == "bind" and mount["read_only"] is True
         assert Path(mount["source"]) == ROOT / "deploy" / "tls"
         test = services[name]["healthcheck"]["test"]
-        assert test[:6] == ["CMD", "python", "-m", "services.client", "--address",
+        assert test[:6] == ["CMD", "python", "-m", "nnserve_client", "--address",
                             f"127.0.0.1:{port}"]  # fmt: skip
 
 
@@ -846,7 +846,7 @@ def test_compose_tls_example_works_end_to_end(model_repository: Path, tmp_path: 
     assert made.returncode == 0, made.stderr
     tokens = tmp_path / "tokens.json"
     new_token = subprocess.run(
-        [sys.executable, "-m", "services.auth", "new", "--name", "ops", "--role", "infer",
+        [sys.executable, "-m", "services.ops.auth", "new", "--name", "ops", "--role", "infer",
          "--file", str(tokens)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
@@ -866,7 +866,7 @@ def test_compose_tls_example_works_end_to_end(model_repository: Path, tmp_path: 
     with running_server(settings) as server:
         command = [a.replace(MOUNT, str(tmp_path)) for a in service["healthcheck"]["test"][1:]]
         command[command.index("--address") + 1] = server.address
-        assert command[:3] == ["python", "-m", "services.client"]
+        assert command[:3] == ["python", "-m", "nnserve_client"]
         health = subprocess.run(
             [sys.executable, *command[1:]], capture_output=True, text=True, timeout=60, cwd=ROOT
         )

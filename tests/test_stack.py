@@ -303,7 +303,7 @@ def test_serving_service_wiring(compose: dict[str, Any], name: str) -> None:
     assert test[1:] == [
         "python",
         "-m",
-        "services.client",
+        "nnserve_client",
         "--address",
         f"127.0.0.1:{ports['grpc']}",
         "health",

@@ -13,11 +13,11 @@ import grpc
 import numpy as np
 import pytest
 
+from nnserve_client import ClassifyResult, NNServeClient, NNServeError
+from nnserve_client.aio import AsyncNNServeClient
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.client import ClassifyResult, NNServeClient, NNServeError
-from services.client.aio import AsyncNNServeClient
-from services.pipelining import MAX_ID_CHARS
+from services.rpc.pipelining import MAX_ID_CHARS
 from tests.server_harness import RunningServer
 from tests.test_client_real import digit_images, event_runs, loan_rows
 from tests.test_streaming import metric

@@ -21,9 +21,9 @@ import pytest
 from grpc import StatusCode as Code
 
 from contract.model import read_spec
+from nnserve_client import NNServeClient, NNServeError
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.client import NNServeClient, NNServeError
 from tests.server_harness import RunningServer, make_settings, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +332,7 @@ def test_cli_follow_prints_an_appended_anomaly(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "services.client", "--address", sequence_server.address,
+            sys.executable, "-m", "nnserve_client", "--address", sequence_server.address,
             "logs", "lstm", "--follow", str(log), "--threshold", f"{threshold:.9g}",
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
@@ -376,7 +376,7 @@ def test_cli_follow_stdin_ends_at_eof(sequence_server: RunningServer) -> None:
     events = [vocabulary[2], "never.seen.event", vocabulary[3]]
     done = subprocess.run(
         [
-            sys.executable, "-m", "services.client", "--address", sequence_server.address,
+            sys.executable, "-m", "nnserve_client", "--address", sequence_server.address,
             "--json", "logs", "lstm", "--follow", "-", "--threshold", "0",
         ],
         input="".join(f"{e}\n" for e in events), capture_output=True, text=True, cwd=ROOT,

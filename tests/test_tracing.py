@@ -20,8 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from services.logs import JsonFormatter
-from services.metrics import STAGES
+from services.ops.logs import JsonFormatter
+from services.ops.metrics import STAGES
 from tests.conftest import golden_inputs
 from tests.server_harness import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
@@ -133,7 +133,7 @@ def test_json_logs_carry_request_and_trace_ids(
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("services.interceptors")
+    logger = logging.getLogger("services.rpc.interceptors")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.registry import ModelRegistry, ModelVersion
+from services.core.registry import ModelRegistry, ModelVersion
 
 
 @dataclass

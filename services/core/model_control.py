@@ -23,8 +23,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+from services.core.registry import ModelRegistry
 from services.errors import FailedPrecondition, InvalidInput, Unavailable
-from services.registry import ModelRegistry
 from services.settings import ModelControlMode, Settings
 
 log = logging.getLogger(__name__)

@@ -22,19 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from services.batching import Batcher, Timing
-from services.calls import CURRENT
+from services.batching.batcher import Batcher, Timing
+from services.core.readiness import ServerState
+from services.core.registry import LoadedModel, ModelRegistry
+from services.core.validation import check_request
 from services.errors import (
     DeadlineExpired,
     QueueFull,
     Unavailable,
     status_of,
 )
-from services.metrics import Metrics
-from services.readiness import ServerState
-from services.registry import LoadedModel, ModelRegistry
-from services.tracing import Tracing
-from services.validation import check_request
+from services.ops.calls import CURRENT
+from services.ops.metrics import Metrics
+from services.ops.tracing import Tracing
 
 Tensors = dict[str, np.ndarray]
 

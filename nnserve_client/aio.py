@@ -1,14 +1,14 @@
 """asyncio client for nnserve's domain API and gRPC health, on grpc.aio.
 
-    from services.client.aio import AsyncNNServeClient
+    from nnserve_client.aio import AsyncNNServeClient
 
     async with AsyncNNServeClient("127.0.0.1:50051") as client:
         result = await client.classify_tabular("mlp", [{"age": 35, ...}], top_k=2)
 
-The same methods, arguments, results and errors as :class:`services.client.NNServeClient`;
+The same methods, arguments, results and errors as :class:`nnserve_client.NNServeClient`;
 requests and results are built by the same functions, so the two cannot drift apart.
 Many calls may be in flight at once on one client (``asyncio.gather``). TLS, mutual
-TLS and tokens as for the blocking client (:func:`services.client.open_channel`).
+TLS and tokens as for the blocking client (:func:`nnserve_client.open_channel`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import nnserve_pb2, nnserve_pb2_grpc
-from services.client import (
+from nnserve_client import (
     DEFAULT_TIMEOUT_S,
     Batch,
     ClassifyResult,
@@ -45,6 +44,7 @@ from services.client import (
     _tls_options,
     _unknown_service,
 )
+from protos import nnserve_pb2, nnserve_pb2_grpc
 
 __all__ = ["AsyncNNServeClient", "open_aio_channel"]
 
@@ -58,7 +58,7 @@ def open_aio_channel(
     key: PathLike | None = None,
     server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """The grpc.aio twin of :func:`services.client.open_channel` (same arguments)."""
+    """The grpc.aio twin of :func:`nnserve_client.open_channel` (same arguments)."""
     credentials = _credentials(tls, ca, cert, key)
     if credentials is None:
         return grpc.aio.insecure_channel(address)
@@ -126,7 +126,7 @@ class AsyncNNServeClient:
         *,
         version: str = "",
     ) -> ClassifyResult:
-        """See :meth:`services.client.NNServeClient.classify_tabular`."""
+        """See :meth:`nnserve_client.NNServeClient.classify_tabular`."""
         request = _tabular_request(model, rows, top_k, version)
         return _classify_result(await self._call(self._predictor.Classify, request))
 
@@ -140,7 +140,7 @@ class AsyncNNServeClient:
         images: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[tuple[int, ClassifyResult | NNServeError]]:
-        """See :meth:`services.client.NNServeClient.classify_stream` (``async for``)."""
+        """See :meth:`nnserve_client.NNServeClient.classify_stream` (``async for``)."""
         requests = _classify_stream_requests(model, batches, top_k, version, images)
         call = self._predictor.ClassifyStream(requests, timeout=timeout, metadata=self._metadata)
         try:
@@ -154,7 +154,7 @@ class AsyncNNServeClient:
     async def classify_images(
         self, model: str, images: np.ndarray, top_k: int = 1, *, version: str = ""
     ) -> ClassifyResult:
-        """See :meth:`services.client.NNServeClient.classify_images`."""
+        """See :meth:`nnserve_client.NNServeClient.classify_images`."""
         request = _images_request(model, images, top_k, version)
         return _classify_result(await self._call(self._predictor.Classify, request))
 
@@ -167,7 +167,7 @@ class AsyncNNServeClient:
         version: str = "",
         explain: ExplainOptions | None = None,
     ) -> SequenceResult:
-        """See :meth:`services.client.NNServeClient.score_sequences`."""
+        """See :meth:`nnserve_client.NNServeClient.score_sequences`."""
         request, steps = _sequence_request(model, sequences, per_position, version, explain)
         return _sequence_result(await self._call(self._predictor.Sequence, request), steps)
 
@@ -176,7 +176,7 @@ class AsyncNNServeClient:
         return _description(await self._call(self._predictor.DescribeModel, request))
 
     async def health(self, service: str = "") -> ServingStatus:
-        """See :meth:`services.client.NNServeClient.health`."""
+        """See :meth:`nnserve_client.NNServeClient.health`."""
         try:
             response = await self._call(
                 self._health.Check, health_pb2.HealthCheckRequest(service=service)

@@ -22,21 +22,22 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
-from services.auth import Authenticator
-from services.calls import CallCounter
-from services.dataplane import DataPlane, Limits
-from services.domain_servicer import PredictorServicer
-from services.interceptors import ErrorAndMetricsInterceptor
-from services.kserve_servicer import KServeServicer
-from services.metrics import Metrics, exposition_registry, serve_metrics
-from services.model_control import ModelControl
-from services.readiness import Readiness, ServerState
-from services.registry import ModelRegistry, ModelVersion
-from services.security import CertificateReloader, server_credentials
-from services.sessions import SessionStore, StreamService, cancel
+from services.batching.threads import InferenceThreads
+from services.core.dataplane import DataPlane, Limits
+from services.core.model_control import ModelControl
+from services.core.readiness import Readiness, ServerState
+from services.core.registry import ModelRegistry, ModelVersion
+from services.core.sessions import SessionStore, cancel
+from services.ops.auth import Authenticator
+from services.ops.calls import CallCounter
+from services.ops.metrics import Metrics, exposition_registry, serve_metrics
+from services.ops.tls import CertificateReloader, server_credentials
+from services.ops.tracing import Tracing
+from services.rpc.domain import PredictorServicer
+from services.rpc.interceptors import ErrorAndMetricsInterceptor
+from services.rpc.kserve import KServeServicer
+from services.rpc.stream import StreamService
 from services.settings import Settings
-from services.tracing import Tracing
-from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 

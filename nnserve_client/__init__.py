@@ -1,6 +1,6 @@
 """Python client for nnserve's domain API (``nnserve.v1.Predictor``) and gRPC health.
 
-    from services.client import NNServeClient
+    from nnserve_client import NNServeClient
 
     with NNServeClient("127.0.0.1:50051") as client:
         result = client.classify_tabular("mlp", [{"age": 35, "income": 4200, ...}], top_k=2)

@@ -20,14 +20,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from contract.model import ModelLoadError, ModelSpec, read_spec, scan
-from services.adaptive import AdaptiveBatching
-from services.batching import Batcher
-from services.codec import DomainModel
-from services.errors import ModelNotFound, Unavailable, shown
-from services.merge import BatchLayout
-from services.metrics import Metrics
-from services.names import check_model_name, check_version, inside
-from services.runtime import (
+from services.batching.adaptive import AdaptiveBatching
+from services.batching.batcher import Batcher
+from services.batching.merge import BatchLayout
+from services.batching.threads import InferenceThreads
+from services.core.names import check_model_name, check_version, inside
+from services.core.runtime import (
     CPU,
     ModelSession,
     check_goldens,
@@ -35,9 +33,10 @@ from services.runtime import (
     single_row_seconds,
     warm_up,
 )
+from services.core.stepping import Stepper, build_stepper, open_step
+from services.errors import ModelNotFound, Unavailable, shown
+from services.ops.metrics import Metrics
 from services.settings import ServingConfig, Settings
-from services.stepping import Stepper, build_stepper, open_step
-from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ class LoadedModel:
     config: ServingConfig
     session: ModelSession
     batcher: Batcher
-    domain: DomainModel  # lookups for the domain API (feature order, vocabulary)
     load_seconds: float
     single_row_seconds: float  # median ORT time of a one-row request, measured at load
     stats: InferStats = field(default_factory=InferStats)
@@ -129,6 +127,14 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    def loaded(self) -> LoadedModel:
+        """The loaded model to describe; UNAVAILABLE (with the reason) when it never loaded."""
+        if self.model is None:
+            raise Unavailable(
+                f"model {self.name!r} version {self.version} is {self.state.value}: {self.reason}"
+            )
+        return self.model
 
 
 StateListener = Callable[[ModelVersion], None]
@@ -420,7 +426,6 @@ class ModelRegistry:
             config,
             session,
             batcher,
-            DomainModel(spec),
             load_seconds,
             single_row,
             stepper=stepper,

@@ -1,7 +1,7 @@
 """Protobuf <-> numpy at the edge: KServe v2 tensors and nnserve.v1 domain messages.
 
 Raw tensor bytes become numpy views without a copy (np.frombuffer); everything the
-codec needs from a model (feature order, vocabulary) is computed once per model.
+codec needs from a model (feature order, vocabulary) is computed once per model spec.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
-from contract.model import NUMPY_TO_V2, ModelSpec
+from contract.model import NUMPY_TO_V2, ClassifySpec, ModelSpec
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos import nnserve_pb2 as npb
+from services.core.validation import check_shape
 from services.errors import InvalidInput, shown
 from services.settings import ServingConfig
-from services.validation import check_shape
 
 Tensors = dict[str, np.ndarray]
 
@@ -203,23 +202,6 @@ def _triton_type(datatype: str) -> int:
 # ---------------------------------------------------------------------- nnserve.v1
 
 
-@dataclass(frozen=True)
-class DomainModel:
-    """What the domain codec needs from one model, computed once at load."""
-
-    spec: ModelSpec
-
-    @cached_property
-    def feature_index(self) -> dict[str, int]:
-        assert self.spec.classify is not None
-        return {n: i for i, n in enumerate(self.spec.classify.feature_names)}
-
-    @cached_property
-    def token_index(self) -> dict[str, int]:
-        assert self.spec.sequence is not None
-        return self.spec.sequence.token_index
-
-
 def _check_rows(count: int, spec: ModelSpec, max_rows: int) -> None:
     """Refuse a domain request of more rows than a batch holds before building arrays."""
     if count > max_rows:
@@ -229,8 +211,7 @@ def _check_rows(count: int, spec: ModelSpec, max_rows: int) -> None:
         )
 
 
-def decode_classify(request: npb.ClassifyRequest, model: DomainModel, max_rows: int) -> Tensors:
-    spec = model.spec
+def decode_classify(request: npb.ClassifyRequest, spec: ModelSpec, max_rows: int) -> Tensors:
     c = spec.classify
     if c is None:
         raise InvalidInput(f"model {spec.name!r} is a {spec.task} model; use Sequence")
@@ -242,16 +223,15 @@ def decode_classify(request: npb.ClassifyRequest, model: DomainModel, max_rows: 
             raise InvalidInput(f"model {spec.name!r} takes tabular rows, not images")
         if not request.rows:
             raise InvalidInput("empty batch: no rows given")
-        return {c.input: _tabular(request.rows, model)}
+        return {c.input: _tabular(request.rows, c.feature_index)}
     if request.rows:
         raise InvalidInput(f"model {spec.name!r} takes images, not tabular rows")
     if not request.images:
         raise InvalidInput("empty batch: no images given")
-    return {c.input: _images(request.images, model)}
+    return {c.input: _images(request.images, c)}
 
 
-def _tabular(rows: Sequence[npb.TabularRow], model: DomainModel) -> np.ndarray:
-    index = model.feature_index
+def _tabular(rows: Sequence[npb.TabularRow], index: dict[str, int]) -> np.ndarray:
     width = len(index)
     batch = np.empty((len(rows), width), dtype=np.float32)  # (B, F)
     for r, row in enumerate(rows):
@@ -279,9 +259,8 @@ def _tabular(rows: Sequence[npb.TabularRow], model: DomainModel) -> np.ndarray:
     return batch
 
 
-def _images(images: Sequence[npb.Image], model: DomainModel) -> np.ndarray:
-    c = model.spec.classify
-    assert c is not None and c.image_shape is not None
+def _images(images: Sequence[npb.Image], c: ClassifySpec) -> np.ndarray:
+    assert c.image_shape is not None
     channels, height, width = c.image_shape
     batch = np.empty((len(images), channels, height, width), dtype=np.float32)  # (B, C, H, W)
     scale = np.float32(c.pixel_max / 255.0)
@@ -331,8 +310,7 @@ def encode_classify(
     return response
 
 
-def decode_sequence(request: npb.SequenceRequest, model: DomainModel, max_rows: int) -> Tensors:
-    spec = model.spec
+def decode_sequence(request: npb.SequenceRequest, spec: ModelSpec, max_rows: int) -> Tensors:
     seq = spec.sequence
     if seq is None:
         raise InvalidInput(f"model {spec.name!r} is a {spec.task} model; use Classify")
@@ -347,7 +325,7 @@ def decode_sequence(request: npb.SequenceRequest, model: DomainModel, max_rows: 
         if kind == "token_ids":
             ids = np.asarray(item.token_ids.ids, dtype=np.int64)
         elif kind == "tokens":
-            index = model.token_index
+            index = seq.token_index
             unknown = [t for t in item.tokens.tokens if t not in index]
             if unknown:
                 raise InvalidInput(

@@ -15,20 +15,21 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from services import __version__, codec
-from services.batching import PhaseTotals
-from services.dataplane import DataPlane
+from services import __version__
+from services.batching.batcher import PhaseTotals
+from services.core.dataplane import DataPlane
+from services.core.model_control import ModelControl
+from services.core.readiness import Readiness
+from services.core.registry import ModelRegistry
 from services.errors import (
     ModelNotFound,
     NotSupported,
     ServingError,
-    Unavailable,
     shown,
 )
-from services.model_control import ModelControl
-from services.pipelining import failure_status, pipelined
-from services.readiness import Readiness
-from services.registry import LoadedModel, ModelRegistry, ModelVersion
+from services.rpc import codec
+from services.rpc.deadlines import deadline_of
+from services.rpc.pipelining import failure_status, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,6 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
 
 Context: TypeAlias = grpc.aio.ServicerContext
-
-
-def deadline_of(context: Context) -> float | None:
-    """The call's deadline as a time.monotonic() value (None: the client set none)."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
-def described(mv: ModelVersion) -> LoadedModel:
-    """The loaded model to describe; UNAVAILABLE (with the reason) when it never loaded."""
-    if mv.model is None:
-        raise Unavailable(
-            f"model {mv.name!r} version {mv.version} is {mv.state.value}: {mv.reason}"
-        )
-    return mv.model
 
 
 def _stream_failure(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
@@ -117,13 +103,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        model = described(self._readiness.describe(request.name, request.version))
+        model = self._readiness.describe(request.name, request.version).loaded()
         return codec.model_metadata(model.spec, sorted(self._registry.versions(request.name)))
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
-        model = described(self._readiness.describe(request.name, request.version))
+        model = self._readiness.describe(request.name, request.version).loaded()
         measured = {
             "inline_fast_path": "on" if model.batcher.inline else "off",
             "single_row_compute_us": f"{model.single_row_seconds * 1e6:.1f}",
@@ -219,7 +205,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Many ModelInfer requests on one call (services/pipelining.py): answers carry
+        """Many ModelInfer requests on one call (services/rpc/pipelining.py): answers carry
         the request id and come back as they finish; a failed request answers with
         error_message and the stream goes on."""
         deadline = deadline_of(context)

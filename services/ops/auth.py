@@ -7,9 +7,9 @@ Tokens file (NNSERVE_TOKENS_FILE), JSON; only SHA-256 hashes are stored:
       {"name": "deployer", "sha256": "sha256:<64 hex>", "roles": ["admin"]}
     ]}
 
-`python -m services.auth new --name gateway --role infer --file tokens.json` makes a random
+`python -m services.ops.auth new --name gateway --role infer --file tokens.json` makes a random
 token, adds its entry to the file (created if missing) and prints the token, once;
-without --file it prints the entry. `python -m services.auth hash` hashes a token read
+without --file it prints the entry. `python -m services.ops.auth hash` hashes a token read
 from stdin.
 
 Clients send `authorization: Bearer <token>` metadata. The presented token is hashed and
@@ -234,7 +234,7 @@ class Authenticator:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.auth", description="Make entries for NNSERVE_TOKENS_FILE."
+        prog="python -m services.ops.auth", description="Make entries for NNSERVE_TOKENS_FILE."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("hash", help="hash a token read from stdin (one line)")

@@ -1,6 +1,6 @@
 """A sequence model's step graph (model.json "step", e.g. lstm/<v>/step.onnx) behind its
 own batcher: one event per session per row, so events arriving from many streams at
-once share one ONNX Runtime run. Sessions (services/sessions.py) hold the state; this
+once share one ONNX Runtime run. Sessions (services/core/sessions.py) hold the state; this
 module only turns (event, state) into (scores, next state).
 
 The step graph is opened, golden-checked and warmed up with the same runtime code as
@@ -15,12 +15,12 @@ import dataclasses
 import numpy as np
 
 from contract.model import ModelLoadError, ModelSpec, StepSpec
-from services.batching import Batcher
-from services.merge import BatchLayout
-from services.metrics import Metrics
-from services.runtime import ModelSession, check_goldens, open_session, warm_up
+from services.batching.batcher import Batcher
+from services.batching.merge import BatchLayout
+from services.batching.threads import InferenceThreads
+from services.core.runtime import ModelSession, check_goldens, open_session, warm_up
+from services.ops.metrics import Metrics
 from services.settings import ServingConfig, Settings
-from services.workers import InferenceThreads
 
 State = dict[str, np.ndarray]  # state input name -> (1, ...) array
 

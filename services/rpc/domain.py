@@ -1,6 +1,6 @@
 """nnserve.v1.Predictor: Classify, Sequence, DescribeModel and Stream over the shared data
-plane (Stream's sessions: services/sessions.py); ClassifyStream and SequenceStream carry
-many Classify / Sequence requests on one call (services/pipelining.py)."""
+plane (Stream's sessions: services/core/sessions.py); ClassifyStream and SequenceStream carry
+many Classify / Sequence requests on one call (services/rpc/pipelining.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import grpc
 
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services import codec
-from services.dataplane import DataPlane
-from services.kserve_servicer import deadline_of, described
-from services.pipelining import MAX_ID_CHARS, check_id, failure_status, pipelined
-from services.readiness import Readiness
-from services.sessions import StreamService
+from services.core.dataplane import DataPlane
+from services.core.readiness import Readiness
+from services.rpc import codec
+from services.rpc.deadlines import deadline_of
+from services.rpc.pipelining import MAX_ID_CHARS, check_id, failure_status, pipelined
+from services.rpc.stream import StreamService
 
 Context: TypeAlias = grpc.aio.ServicerContext
 Item = TypeVar("Item", npb.ClassifyStreamRequest, npb.SequenceStreamRequest)
@@ -48,7 +48,7 @@ class PredictorServicer(npb_grpc.PredictorServicer):
         name, version = request.model_name, request.model_version
         async with self._plane.request(method, name, version, deadline) as scope:
             max_rows = scope.model.config.max_batch_size
-            inputs = codec.decode_classify(request, scope.model.domain, max_rows)
+            inputs = codec.decode_classify(request, scope.model.spec, max_rows)
             outputs = await scope.infer(inputs)
             return codec.encode_classify(request, scope.model.spec, outputs)
 
@@ -63,7 +63,7 @@ class PredictorServicer(npb_grpc.PredictorServicer):
         name, version = request.model_name, request.model_version
         async with self._plane.request(method, name, version, deadline) as scope:
             max_rows = scope.model.config.max_batch_size
-            inputs = codec.decode_sequence(request, scope.model.domain, max_rows)
+            inputs = codec.decode_sequence(request, scope.model.spec, max_rows)
             explain = codec.explain_options(request, scope.model.spec)
             # Only explain requests run the explain graph (it returns the scores too).
             graph = scope.model.explainer if explain is not None else None
@@ -75,7 +75,7 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     ) -> npb.DescribeModelResponse:
         mv = self._readiness.describe(request.model_name, request.model_version)
         ready = self._readiness.model_ready(mv.name, str(mv.version))
-        model = described(mv)
+        model = mv.loaded()
         spec = model.spec
         return npb.DescribeModelResponse(
             model_name=spec.name,

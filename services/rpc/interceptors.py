@@ -7,7 +7,7 @@
 - Each call gets a request id (the client's `x-request-id` metadata, bounded, or a new
   one), sent back as trailing metadata and named in the log line of every failed call.
 - With an Authenticator (NNSERVE_TOKENS_FILE), each call's bearer token is checked
-  against the role its method needs (services.auth.METHOD_ROLES) inside the accounting,
+  against the role its method needs (services.ops.auth.METHOD_ROLES) inside the accounting,
   so UNAUTHENTICATED / PERMISSION_DENIED are counted and logged like any other status.
 - Wrapped handlers are built once per registered method and cached; paths that name no
   method are not cached, so unknown paths cannot grow memory.
@@ -25,11 +25,11 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from services.auth import Authenticator, Role, required_role
-from services.calls import CURRENT, REQUEST_ID_KEY, Call, CallCounter
 from services.errors import InvalidInput, status_of
-from services.metrics import Metrics
-from services.tracing import Tracing
+from services.ops.auth import Authenticator, Role, required_role
+from services.ops.calls import CURRENT, REQUEST_ID_KEY, Call, CallCounter
+from services.ops.metrics import Metrics
+from services.ops.tracing import Tracing
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from typing import Protocol
 
 import numpy as np
 
-from services.adaptive import AdaptiveBatching
+from services.batching.adaptive import AdaptiveBatching
+from services.batching.merge import BatchLayout
+from services.batching.threads import InferenceThreads
 from services.errors import DeadlineExpired, InvalidInput, QueueFull, ServingError, Unavailable
-from services.merge import BatchLayout
-from services.metrics import ModelMetrics, multiprocess_enabled
+from services.ops.metrics import ModelMetrics, multiprocess_enabled
 from services.settings import ServingConfig
-from services.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ class Batcher:
         self.inline = inline  # may run a lone request on the event loop (runs_inline)
         self._idle_gap_s = inline_idle_gap_s
         self._last_finished = -math.inf  # monotonic time a request of the model last finished
-        self.adaptive = adaptive  # closed-loop batch cap and queue delay (services.adaptive)
+        self.adaptive = (
+            adaptive  # closed-loop batch cap and queue delay (services.batching.adaptive)
+        )
         self._publish_knobs()
         self.stats = BatchStats()
         self.inflight = 0  # requests between decode and encode (the data plane counts them)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from services.calls import CURRENT
+from services.ops.calls import CURRENT
 
 
 class JsonFormatter(logging.Formatter):

@@ -140,7 +140,7 @@ class Metrics:
             ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
-        # Streaming sessions (services/sessions.py) and their step batches (stepping.py).
+        # Streaming sessions (services/core/sessions.py) and their step batches (stepping.py).
         self.sessions_open = Gauge(
             "nnserve_sessions_open", "Streaming sessions held (attached to a call or idle).",
             ["model", "version"], registry=r, multiprocess_mode=live,

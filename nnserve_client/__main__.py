@@ -1,16 +1,16 @@
 """Command line for nnserve's domain API and health checks.
 
-    python -m services.client health [--model mlp]
-    python -m services.client describe mlp
-    python -m services.client loan mlp --feature age=35 --feature income=4200 ...
-    python -m services.client loan mlp --file applicants.json
-    python -m services.client digit cnn --image seven.npy   (.npy, .csv/.txt, .pgm, .png)
-    python -m services.client digit cnn --sample 7          (scikit-learn's digits)
-    python -m services.client logs lstm --events "http.request.received,auth.token.validated"
-    python -m services.client logs lstm --file events.txt   (one event per line)
-    python -m services.client logs lstm --follow app.log    (or - for stdin: a streaming
+    python -m nnserve_client health [--model mlp]
+    python -m nnserve_client describe mlp
+    python -m nnserve_client loan mlp --feature age=35 --feature income=4200 ...
+    python -m nnserve_client loan mlp --file applicants.json
+    python -m nnserve_client digit cnn --image seven.npy   (.npy, .csv/.txt, .pgm, .png)
+    python -m nnserve_client digit cnn --sample 7          (scikit-learn's digits)
+    python -m nnserve_client logs lstm --events "http.request.received,auth.token.validated"
+    python -m nnserve_client logs lstm --file events.txt   (one event per line)
+    python -m nnserve_client logs lstm --follow app.log    (or - for stdin: a streaming
         session scores each line as it is appended and prints the anomalous ones)
-    python -m services.client logs transformer --events "..." --explain   (why flagged)
+    python -m nnserve_client logs transformer --events "..." --explain   (why flagged)
 
 --address HOST:PORT (default $NNSERVE_ADDRESS, else 127.0.0.1:50051, or :50052 for
 `logs`), --timeout SECONDS and --json (machine-readable output) go before or after
@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.client import (
+from nnserve_client import (
     DEFAULT_TIMEOUT_S,
     ClassifyResult,
     ExplainOptions,
@@ -47,7 +47,7 @@ from services.client import (
     ServingStatus,
     StreamEventScore,
 )
-from services.client.inputs import (
+from nnserve_client.inputs import (
     InputError,
     parse_events,
     parse_features,
@@ -108,7 +108,7 @@ def _common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.client",
+        prog="python -m nnserve_client",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,0 +1,1 @@
+"""The serving core, free of protobuf: data plane, registry, runtime, input checks, sessions."""
