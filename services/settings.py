@@ -142,18 +142,6 @@ class Settings(BaseSettings):
     max_connection_age_grace_seconds: float = 30.0
     """Time calls on an aged connection get to finish before it is closed."""
 
-    inline_max_compute_us: float = 0.0
-    """Run a one-row request on the event loop, without the inference-thread hand-off, when
-    its model's one-row run measured at most this (microseconds, at load, CPU only) and the
-    model is idle (see inline_idle_gap_us); 0 (the default) disables the inline fast path.
-    Off by default: it buys 11% at one client and costs 1-10% under load (streams most;
-    docs/benchmarks.md)."""
-
-    inline_idle_gap_us: float = Field(default=300.0, ge=0)
-    """Idle for the inline fast path: nothing queued or running for the model and none of
-    its requests finished within this many microseconds. Under load requests follow each
-    other closer than that and batch on the inference threads (docs/benchmarks.md)."""
-
     latency_target_ms: float | None = None
     """Closed-loop batching: adjust each model's batch cap and queue delay under load to
     hold this p99 (time in the batcher) while batching as much as it allows; off if unset."""

@@ -67,7 +67,6 @@ def test_a_server_under_an_unmeetable_target_shrinks_its_batches(
 ) -> None:
     settings = make_settings(
         scratch_repository, service="classify", models=["mlp"], latency_target_ms=0.000001,
-        inline_max_compute_us=0,  # the batcher path, where the controller works
     )  # fmt: skip
     with running_server(settings) as server:
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())

@@ -112,7 +112,7 @@ def _held_burst(
     serves again."""
     settings = make_settings(
         scratch_repository, service="sequence", models=["transformer"], inference_threads=1,
-        inline_max_compute_us=0, **limits,
+        **limits,
     )  # fmt: skip
     request = heavy_request(model_repository)
     with running_server(settings) as server:
@@ -206,7 +206,6 @@ def test_a_stream_reads_no_further_than_its_window(
     answered with its id."""
     settings = make_settings(
         scratch_repository, models=["mlp"], inference_threads=1, max_stream_inflight=8,
-        inline_max_compute_us=0,  # every request goes to the (held) inference thread
     )  # fmt: skip
     features = golden_inputs(model_repository, "mlp")["features"][:1]
     with running_server(settings) as server:

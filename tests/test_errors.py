@@ -270,7 +270,7 @@ def test_deadline_passing_in_queue_is_counted_as_deadline_exceeded(
     stays queued past its deadline: the client sees DEADLINE_EXCEEDED, the request is
     counted with that code and as a ModelStatistics failure, and it never runs."""
     settings = make_settings(scratch_repository, service="classify", models=["mlp"],
-                             inference_threads=1, inline_max_compute_us=0)  # fmt: skip
+                             inference_threads=1)  # fmt: skip
     with running_server(settings) as server:
         stub = v2(server)
         request = infer_request("mlp", golden_inputs(model_repository, "mlp"))

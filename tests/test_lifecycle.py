@@ -199,9 +199,7 @@ def test_batches_form_under_concurrency_and_results_stay_per_request(
 ) -> None:
     # Classify: many concurrent single-row requests -> batches bigger than 1 (on the
     # inference threads: the inline fast path, which runs requests alone, is off here).
-    settings = make_settings(
-        model_repository, service="classify", models=["mlp"], inline_max_compute_us=0
-    )
+    settings = make_settings(model_repository, service="classify", models=["mlp"])
     with running_server(settings) as batching:
         stub = pb_grpc.GRPCInferenceServiceStub(batching.channel())
         rows = golden_inputs(model_repository, "mlp")["features"]

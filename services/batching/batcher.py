@@ -8,13 +8,6 @@ under load: with a slot free and another batch still running, a partial batch ma
 that long for company. Work whose deadline has passed is dropped before it runs.
 Merging, ONNX Runtime and splitting run on an inference thread, off the event loop.
 Every future is resolved: a failed batch fails only its own requests.
-
-Inline fast path: for a model whose one-row run measured tiny at load (registry), a
-one-row request that finds its model idle runs at once on the event loop, saving the two
-thread hand-offs that cost more than such a model's compute. Idle: nothing queued or
-running, and no request of the model finished within the idle gap. Under load requests
-follow each other closer than the gap, so they batch on the inference threads instead
-(inline requests never batch: a handler runs to the end of an inline run).
 """
 
 from __future__ import annotations
@@ -126,9 +119,7 @@ class Batcher:
         metrics: ModelMetrics,
         config: ServingConfig,
         max_in_flight: int,
-        inline: bool = False,
         adaptive: AdaptiveBatching | None = None,
-        inline_idle_gap_s: float = 0.0,
     ) -> None:
         self.name = name
         self._runner = runner
@@ -137,9 +128,6 @@ class Batcher:
         self.metrics = metrics
         self.config = config
         self._max_in_flight = max(1, max_in_flight)
-        self.inline = inline  # may run a lone request on the event loop (runs_inline)
-        self._idle_gap_s = inline_idle_gap_s
-        self._last_finished = -math.inf  # monotonic time a request of the model last finished
         self.adaptive = (
             adaptive  # closed-loop batch cap and queue delay (services.batching.adaptive)
         )
@@ -182,17 +170,6 @@ class Batcher:
     def busy(self) -> bool:
         return bool(self._queue) or self._running > 0
 
-    def runs_inline(self, rows: int, now: float) -> bool:
-        """Whether a request of `rows` rows arriving at `now` (monotonic) runs on the loop."""
-        return (
-            self.inline
-            and rows == 1  # what was measured at load
-            and self.inflight <= 1
-            and not self._queue
-            and not self._running
-            and now - self._last_finished >= self._idle_gap_s
-        )
-
     async def infer(
         self, inputs: Tensors, rows: int, deadline: float | None, timing: Timing | None = None
     ) -> Tensors:
@@ -213,9 +190,6 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("deadline passed before the request was queued")
-        if self.runs_inline(rows, now):
-            # Nothing to batch with: run now, on the loop, without two thread hand-offs.
-            return self._run_inline(inputs, rows, timing or Timing())
         padded = self._layout.padded_inputs
         pending = _Pending(
             due=math.inf if deadline is None else deadline,
@@ -304,26 +278,6 @@ class Batcher:
             rows += head.rows
         return batch
 
-    def _run_inline(self, inputs: Tensors, rows: int, timing: Timing) -> Tensors:
-        start = time.perf_counter()
-        try:
-            outputs = self._runner.run(inputs)  # one request: merging is the identity
-        except Exception as exc:
-            log.error("model %s: inline run failed", self.name, exc_info=exc)
-            raise BatchFailed(
-                f"model {self.name!r} failed to run the batch: {type(exc).__name__}"
-            ) from None
-        elapsed = time.perf_counter() - start
-        self.metrics.compute[self._runner.provider_for(rows)].observe(elapsed)
-        self.metrics.batch_size.observe(rows)
-        self.metrics.inline_runs.inc()
-        self.metrics.queue_wait.observe(0.0)  # it waited for nothing, as Triton would count it
-        self.stats.queue_count += 1
-        self.stats.record(rows, 0.0, elapsed, 0.0)
-        timing.compute = elapsed
-        self._last_finished = time.monotonic()
-        return dict(zip(self._runner.output_names, outputs, strict=True))
-
     def _start(self, batch: list[_Pending]) -> None:
         self._running += 1
         loop = asyncio.get_running_loop()
@@ -357,7 +311,6 @@ class Batcher:
         self, batch: list[_Pending], outcome: _Outcome | None, error: BaseException | None
     ) -> None:
         self._running -= 1
-        self._last_finished = time.monotonic()
         if error is not None:
             log.error(
                 "model %s: batch of %d requests failed", self.name, len(batch), exc_info=error

@@ -26,7 +26,6 @@ from services.batching.merge import BatchLayout
 from services.batching.threads import InferenceThreads
 from services.core.names import check_model_name, check_version, inside
 from services.core.runtime import (
-    CPU,
     ModelSession,
     check_goldens,
     open_session,
@@ -404,12 +403,7 @@ class ModelRegistry:
             stepper = build_stepper(
                 spec, config, step, self._threads, self._metrics, self._settings.inference_threads
             )
-        # Inline fast path: a CPU model whose one-row run is tiny runs on the event loop
-        # when nothing else is in flight for it, saving two thread hand-offs.
-        limit = self._settings.inline_max_compute_us * 1e-6
-        inline = session.gpu_session is None and session.provider == CPU and single_row <= limit
-        batcher = self._batcher(spec, config, session, name, inline=inline)
-        self._metrics.inline_fast_path.labels(name, v).set(1 if inline else 0)
+        batcher = self._batcher(spec, config, session, name)
         explainer = None
         if explain is not None and spec.explain is not None:
             # Its batch metrics are labelled model="<name>:explain" (docs/metrics.md).
@@ -438,7 +432,6 @@ class ModelRegistry:
         config: ServingConfig,
         session: ModelSession,
         label: str,
-        inline: bool = False,
     ) -> Batcher:
         return Batcher(
             f"{label}/{spec.version}",
@@ -448,9 +441,7 @@ class ModelRegistry:
             self._metrics.for_model(label, spec.version, session.providers),
             config,
             max_in_flight=self._settings.inference_threads,
-            inline=inline,
             adaptive=self._adaptive(config),
-            inline_idle_gap_s=self._settings.inline_idle_gap_us * 1e-6,
         )
 
     def _adaptive(self, config: ServingConfig) -> AdaptiveBatching | None:

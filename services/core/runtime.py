@@ -322,7 +322,7 @@ def warm_up(spec: ModelSpec, model: ModelSession, batch_sizes: tuple[int, ...]) 
 
 def single_row_seconds(spec: ModelSpec, model: ModelSession, runs: int = 21) -> float:
     """Median ONNX Runtime time of one single-row request (the first golden row), after
-    warm-up: what decides whether the inline fast path pays (registry)."""
+    warm-up (ModelConfig reports it as single_row_compute_us)."""
     if not spec.goldens:
         return float("inf")
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in spec.goldens[0].inputs.items()}

@@ -108,15 +108,6 @@ class Metrics:
             "request): decode, queue, merge, compute, split, handoff, encode.",
             ["model", "version", "stage"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.inline_fast_path = Gauge(
-            "nnserve_inline_fast_path", "1 when small requests of the model may run inline "
-            "on the event loop (tiny measured compute), else 0.",
-            ["model", "version"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.inline_runs = Counter(
-            "nnserve_inline_runs", "Requests run inline on the event loop (fast path).",
-            ["model", "version"], registry=r,
-        )  # fmt: skip
         self.batch_cap = Gauge(
             "nnserve_batch_cap", "Largest batch the batcher forms now (max_batch_size, or "
             "the closed-loop controller's current cap).",
@@ -188,7 +179,6 @@ class Metrics:
             queue_depth=self.queue_depth.labels(model, v),
             inflight=self.inflight.labels(model, v),
             stages=tuple(self.request_stage.labels(model, v, stage) for stage in STAGES),
-            inline_runs=self.inline_runs.labels(model, v),
             batch_cap=self.batch_cap.labels(model, v),
             queue_delay=self.queue_delay.labels(model, v),
         )
@@ -204,7 +194,6 @@ class Metrics:
             queue_depth=self.step_queue_depth.labels(model, v),
             inflight=self.step_inflight.labels(model, v),
             stages=(),
-            inline_runs=self.inline_runs.labels(model, v),  # never inline: stays 0
             batch_cap=self.batch_cap.labels(model, v),
             queue_delay=self.queue_delay.labels(model, v),
         )
@@ -220,7 +209,6 @@ class ModelMetrics:
     queue_depth: Gauge
     inflight: Gauge
     stages: tuple[Histogram, ...]  # in STAGES order
-    inline_runs: Counter
     batch_cap: Gauge
     queue_delay: Gauge
 

@@ -7,7 +7,6 @@ encodes; readiness questions go to readiness.py, lifecycle ones to the registry.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import NoReturn, TypeAlias
 
@@ -24,7 +23,6 @@ from services.core.registry import ModelRegistry
 from services.errors import (
     ModelNotFound,
     NotSupported,
-    ServingError,
     shown,
 )
 from services.rpc import codec
@@ -111,7 +109,6 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         model = self._readiness.describe(request.name, request.version).loaded()
         measured = {
-            "inline_fast_path": "on" if model.batcher.inline else "off",
             "single_row_compute_us": f"{model.single_row_seconds * 1e6:.1f}",
         }
         adaptive = model.batcher.adaptive
@@ -214,19 +211,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(request, "ModelStreamInfer", deadline)
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async for item in pipelined(
-            request_iterator, answer, _stream_failure, self._stream_window, self._runs_inline
-        ):
+        async for item in pipelined(request_iterator, answer, _stream_failure, self._stream_window):
             yield item
-
-    def _runs_inline(self, request: pb.ModelInferRequest) -> bool:
-        """Whether a stream request's model runs inline now (then it needs no task of its
-        own: it finishes before the next message is read, in order)."""
-        try:
-            model = self._registry.resolve(request.model_name, request.model_version)
-        except ServingError:
-            return False  # the task path answers with the error
-        return model.batcher.runs_inline(1, time.monotonic())
 
     # ------------------------------------------------------------- not offered
 

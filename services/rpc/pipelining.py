@@ -45,11 +45,9 @@ async def pipelined(
     answer: Callable[[Req], Awaitable[Resp]],
     failed: Callable[[Req, Exception], Resp],
     window: int,
-    runs_inline: Callable[[Req], bool] | None = None,
 ) -> AsyncIterator[Resp]:
     """Answers to `requests` in the order they finish; `failed` builds a failed request's
-    answer. `runs_inline(request)`: it completes without waiting (the inline fast path),
-    so it runs in the reader, without a task of its own."""
+    answer."""
     done: asyncio.Queue[Resp | None] = asyncio.Queue()
     slots = asyncio.Semaphore(window)
     pending: set[asyncio.Task[None]] = set()
@@ -66,9 +64,6 @@ async def pipelined(
         try:
             async for request in requests:
                 await slots.acquire()  # released as its answer is taken to be written
-                if runs_inline is not None and runs_inline(request):
-                    await one(request)
-                    continue
                 task = asyncio.create_task(one(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
