@@ -133,7 +133,7 @@ def test_json_logs_carry_request_and_trace_ids(
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("services.rpc.interceptors")
+    logger = logging.getLogger("services.rpc.accounting")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

@@ -34,7 +34,7 @@ from services.ops.metrics import Metrics, exposition_registry, serve_metrics
 from services.ops.tls import CertificateReloader, server_credentials
 from services.ops.tracing import Tracing
 from services.rpc.domain import PredictorServicer
-from services.rpc.interceptors import ErrorAndMetricsInterceptor
+from services.rpc.interceptor import AccountingInterceptor
 from services.rpc.kserve import KServeServicer
 from services.rpc.stream import StreamService
 from services.settings import Settings
@@ -92,7 +92,7 @@ class NNServeServer:
         self._stopped = False
 
         self.calls = CallCounter()
-        interceptor = ErrorAndMetricsInterceptor(
+        interceptor = AccountingInterceptor(
             self.metrics, self.auth, settings.auth_health, self.tracing, self.calls
         )
         self.server = grpc.aio.server(

@@ -1,14 +1,13 @@
-"""One server interceptor for every RPC: statuses, request ids, logs and grpc_server_* metrics.
+"""The grpc.aio server's one interceptor: every RPC it serves is accounted
+(services/rpc/accounting.py), token-checked and decoded tolerantly.
 
-- Exceptions become statuses by errors.status_of (ServingError -> its code; anything else
-  INTERNAL with a generic message, traceback logged).
 - A message that cannot be decoded is INVALID_ARGUMENT (never UNKNOWN/INTERNAL), on unary
   calls and streams alike, and ends a stream instead of leaving it open.
-- Each call gets a request id (the client's `x-request-id` metadata, bounded, or a new
-  one), sent back as trailing metadata and named in the log line of every failed call.
 - With an Authenticator (NNSERVE_TOKENS_FILE), each call's bearer token is checked
-  against the role its method needs (services.ops.auth.METHOD_ROLES) inside the accounting,
-  so UNAUTHENTICATED / PERMISSION_DENIED are counted and logged like any other status.
+  against the role its method needs (services.ops.auth.METHOD_ROLES) inside the
+  accounting, so UNAUTHENTICATED / PERMISSION_DENIED are counted and logged like any other
+  status.
+- A failed call answers with its request id as trailing metadata.
 - Wrapped handlers are built once per registered method and cached; paths that name no
   method are not cached, so unknown paths cannot grow memory.
 """
@@ -23,21 +22,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Histogram
 
-from services.errors import InvalidInput, status_of
 from services.ops.auth import Authenticator, Role, required_role
-from services.ops.calls import CURRENT, REQUEST_ID_KEY, Call, CallCounter
+from services.ops.calls import CURRENT, REQUEST_ID_KEY, CallCounter
 from services.ops.metrics import Metrics
 from services.ops.tracing import Tracing
+from services.rpc.accounting import MethodAccount, undecodable
 
 log = logging.getLogger(__name__)
-
-# Expected client-side outcomes: logged at INFO; anything else at WARNING or ERROR.
-_CLIENT_CODES = {
-    "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "DEADLINE_EXCEEDED", "UNAUTHENTICATED",
-    "PERMISSION_DENIED", "FAILED_PRECONDITION", "UNIMPLEMENTED",
-}  # fmt: skip
 
 
 class _Undecodable:
@@ -62,38 +54,6 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-def _undecodable() -> InvalidInput:
-    return InvalidInput("the request message cannot be decoded (malformed protobuf)")
-
-
-class _MethodMetrics:
-    """What every call of one method needs, bound once: metric children and tracing."""
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        grpc_type: str,
-        service: str,
-        method: str,
-        tracing: Tracing | None,
-        calls: CallCounter,
-    ) -> None:
-        self.method = f"{service}/{method}"
-        self.tracing = tracing
-        self.calls = calls
-        self._labels = (grpc_type, service, method)
-        self._handled_family = metrics.grpc_handled
-        self.started: Counter = metrics.grpc_started.labels(*self._labels)
-        self.handling: Histogram = metrics.grpc_handling.labels(*self._labels)
-        self._handled: dict[str, Counter] = {}
-
-    def handled(self, code: str) -> Counter:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self._handled_family.labels(*self._labels, code)
-        return child
-
-
 class _Guard:
     """The token check of one method (its required role bound once)."""
 
@@ -107,7 +67,7 @@ class _Guard:
         self._auth.check(context.invocation_metadata(), self._role)
 
 
-class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+class AccountingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         metrics: Metrics,
@@ -139,40 +99,37 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        service, _, name = full_method.lstrip("/").rpartition("/")
         parse = _tolerant(handler.request_deserializer)
         guard = None
         if self._auth is not None:
             role = required_role(full_method, self._auth_health)
             guard = _Guard(self._auth, role) if role is not None else None
         if handler.unary_unary:
-            m = _MethodMetrics(self._metrics, "unary", service, name, self._tracing, self.calls)
+            m = MethodAccount(self._metrics, "unary", full_method, self._tracing, self.calls)
             return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
-            m = _MethodMetrics(
-                self._metrics, "bidi_stream", service, name, self._tracing, self.calls
-            )
+            m = MethodAccount(self._metrics, "bidi_stream", full_method, self._tracing, self.calls)
             return grpc.stream_stream_rpc_method_handler(
                 _bidi(handler.stream_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
-            m = _MethodMetrics(
-                self._metrics, "server_stream", service, name, self._tracing, self.calls
+            m = MethodAccount(
+                self._metrics, "server_stream", full_method, self._tracing, self.calls
             )
             return grpc.unary_stream_rpc_method_handler(
                 _server_stream(handler.unary_stream, m, guard),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream and guard is not None:  # health Watch under NNSERVE_AUTH_HEALTH
-            m = _MethodMetrics(
-                self._metrics, "server_stream", service, name, self._tracing, self.calls
+        if handler.unary_stream:  # written with context.write (health Watch)
+            m = MethodAccount(
+                self._metrics, "server_stream", full_method, self._tracing, self.calls
             )
             return grpc.unary_stream_rpc_method_handler(
                 _writing_stream(handler.unary_stream, m, guard),
@@ -181,34 +138,23 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             )
         if guard is not None:  # fail closed: a method that needs a token is never unchecked
             raise RuntimeError(f"{full_method}: this handler kind cannot be token-checked")
-        return handler  # library handlers written with context.write (health Watch)
+        return handler
 
 
 class _Accounted:
-    """Open the Call (request id, trace span), count it, turn exceptions into statuses,
-    record code and duration, log failures with the request id.
-
-    A plain class, not @asynccontextmanager: this runs on every RPC.
-    """
+    """Open the call's accounting, turn exceptions into statuses (with the request id as
+    trailing metadata), record the outcome. A plain class: this runs on every RPC."""
 
     __slots__ = ("_call", "_context", "_m", "_start")
 
-    def __init__(self, m: _MethodMetrics, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, m: MethodAccount, context: grpc.aio.ServicerContext) -> None:
         self._m = m
         self._context = context
         self._start = 0.0
 
     async def __aenter__(self) -> None:
-        self._m.started.inc()
-        self._m.calls.started += 1
         self._start = time.perf_counter()
-        tracing = self._m.tracing
-        span = (
-            tracing.start_call(self._m.method, self._context.invocation_metadata() or ())
-            if tracing is not None
-            else None
-        )
-        self._call = Call(self._context, span)
+        self._call = self._m.open(self._context.invocation_metadata())
         CURRENT.set(self._call)  # each RPC runs in its own task: no reset needed
 
     async def __aexit__(
@@ -222,52 +168,40 @@ class _Accounted:
                 aborted = self._context.code()
                 code = aborted.name if isinstance(aborted, grpc.StatusCode) else "UNKNOWN"
                 return False
-            status, message = status_of(exc)
+            status, message = self._m.failed(self._call, exc)
             code = status.name
-            rid = self._call.request_id
-            if status is grpc.StatusCode.INTERNAL:
-                log.error("request %s %s: INTERNAL", rid, self._m.method, exc_info=exc)
-            elif code not in _CLIENT_CODES:
-                log.warning("request %s %s: %s: %s", rid, self._m.method, code, message)
-            else:
-                log.info("request %s %s: %s: %s", rid, self._m.method, code, message)
             if status is grpc.StatusCode.CANCELLED:
                 return False  # the client went away: nobody to answer
-            self._context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            self._context.set_trailing_metadata(((REQUEST_ID_KEY, self._call.request_id),))
             await self._context.abort(status, message)  # raises AbortError
             return False
         finally:
-            self._m.handled(code).inc()
-            self._m.handling.observe(time.perf_counter() - self._start)
-            span = self._call.span
-            if span is not None:
-                span.set_attribute("nnserve.request_id", self._call.request_id)
-                Tracing.end_call(span, code)
+            self._m.close(self._call, code, self._start)
 
 
 def _unary(
-    inner: Callable[..., Awaitable[Any]], m: _MethodMetrics, guard: _Guard | None
+    inner: Callable[..., Awaitable[Any]], m: MethodAccount, guard: _Guard | None
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _Accounted(m, context):
             if guard is not None:
                 guard.check(context)
             if request is UNDECODABLE:
-                raise _undecodable()
+                raise undecodable()
             return await inner(request, context)
 
     return handle
 
 
 def _server_stream(
-    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics, guard: _Guard | None
+    inner: Callable[..., AsyncIterator[Any]], m: MethodAccount, guard: _Guard | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Accounted(m, context):
             if guard is not None:
                 guard.check(context)
             if request is UNDECODABLE:
-                raise _undecodable()
+                raise undecodable()
             async for item in inner(request, context):
                 yield item
 
@@ -275,15 +209,16 @@ def _server_stream(
 
 
 def _writing_stream(
-    inner: Callable[..., Awaitable[None]], m: _MethodMetrics, guard: _Guard
+    inner: Callable[..., Awaitable[None]], m: MethodAccount, guard: _Guard | None
 ) -> Callable[..., Awaitable[None]]:
-    """A server stream written with context.write (health Watch), behind a token check."""
+    """A server stream written with context.write (health Watch)."""
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         async with _Accounted(m, context):
-            guard.check(context)
+            if guard is not None:
+                guard.check(context)
             if request is UNDECODABLE:
-                raise _undecodable()
+                raise undecodable()
             await inner(request, context)
 
     return handle
@@ -293,12 +228,12 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """A request stream that ends the call with INVALID_ARGUMENT at an undecodable message."""
     async for request in requests:
         if request is UNDECODABLE:
-            raise _undecodable()
+            raise undecodable()
         yield request
 
 
 def _bidi(
-    inner: Callable[..., AsyncIterator[Any]], m: _MethodMetrics, guard: _Guard | None
+    inner: Callable[..., AsyncIterator[Any]], m: MethodAccount, guard: _Guard | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Accounted(m, context):
