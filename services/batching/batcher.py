@@ -175,6 +175,19 @@ class Batcher:
     ) -> Tensors:
         """Queue one request of at most max_batch_size rows and wait for its outputs;
         `timing`, when given, receives its queue wait and its batch's phases."""
+        return await self.submit(inputs, rows, deadline, timing)
+
+    def submit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        deadline: float | None,
+        timing: Timing | None = None,
+        dispatch: bool = True,
+    ) -> asyncio.Future[Tensors]:
+        """Queue one request; its future resolves with its outputs (cancel it to drop the
+        request). `dispatch=False` leaves starting batches to a later dispatch(), so that
+        requests received together are queued before the first batch forms."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is draining or unloading")
         if rows > self.config.max_batch_size:
@@ -205,8 +218,13 @@ class Batcher:
         heapq.heappush(self._queue, pending)
         if self._push_gauges:
             self.metrics.queue_depth.inc()
+        if dispatch:
+            self._dispatch()
+        return pending.future
+
+    def dispatch(self) -> None:
+        """Start the batches the queue allows now (after submit(..., dispatch=False))."""
         self._dispatch()
-        return await pending.future
 
     def _dispatch(self) -> None:
         while self._queue and self._running < self._max_in_flight:

@@ -32,7 +32,7 @@ from services.errors import (
     Unavailable,
     status_of,
 )
-from services.ops.calls import CURRENT
+from services.ops.calls import CURRENT, Call
 from services.ops.metrics import Metrics
 from services.ops.tracing import Tracing
 
@@ -116,6 +116,7 @@ class Request:
         "_start",
         "_timing",
         "_version",
+        "call",
         "model",
     )  # fmt: skip
 
@@ -132,9 +133,14 @@ class Request:
         self._bytes = 0
         self._timing = Timing()
         self._entered = self._infer_start = self._inferred = 0.0
+        self.call: Call | None = None  # set by a front end that runs no task per call
         self.model: LoadedModel
 
     async def __aenter__(self) -> Request:
+        return self.enter()
+
+    def enter(self) -> Request:
+        """Admit the request (draining, server bounds, model resolution) or raise."""
         plane = self._plane
         self._start = time.perf_counter()
         try:
@@ -158,6 +164,15 @@ class Request:
     async def infer(self, inputs: Tensors, batcher: Batcher | None = None) -> Tensors:
         """Validate, bound, queue and run one request's tensors; returns its outputs.
         `batcher`: another graph of the model (its explainer); default the main one."""
+        outputs = await self.submit(inputs, batcher)
+        self.inferred()
+        return outputs
+
+    def submit(
+        self, inputs: Tensors, batcher: Batcher | None = None, dispatch: bool = True
+    ) -> asyncio.Future[Tensors]:
+        """infer() without the wait: the future of the request's outputs; call inferred()
+        when it resolves (batcher.dispatch() starts the batch when `dispatch` is False)."""
         self._rows = check_request(self.model.spec, inputs)
         size = sum(v.nbytes for v in inputs.values())
         plane = self._plane
@@ -171,13 +186,19 @@ class Request:
         self._bytes = size
         self._infer_start = time.perf_counter()
         runner = batcher or self.model.batcher
-        outputs = await runner.infer(inputs, self._rows, self._deadline, self._timing)
+        return runner.submit(inputs, self._rows, self._deadline, self._timing, dispatch)
+
+    def inferred(self) -> None:
+        """The outputs arrived (stage timing: what follows is encoding)."""
         self._inferred = time.perf_counter()
-        return outputs
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
     ) -> None:
+        self.exit(exc)
+
+    def exit(self, exc: BaseException | None) -> None:
+        """Account for the outcome of an admitted request (exc None: it succeeded)."""
         plane, model = self._plane, self.model
         plane.inflight_requests -= 1
         plane.inflight_bytes -= self._bytes
@@ -219,7 +240,7 @@ class Request:
             histogram.observe(seconds)
 
     def _trace_stages(self, tracing: Tracing, end: float) -> None:
-        call = CURRENT.get()
+        call = self.call or CURRENT.get()
         if call is None or call.span is None:
             return
         t, span = self._timing, call.span

@@ -13,8 +13,9 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.core.dataplane import DataPlane
 from services.core.readiness import Readiness
-from services.rpc import codec
+from services.rpc import endpoints
 from services.rpc.deadlines import deadline_of
+from services.rpc.endpoints import CLASSIFY, SEQUENCE
 from services.rpc.pipelining import MAX_ID_CHARS, check_id, failure_status, pipelined
 from services.rpc.stream import StreamService
 
@@ -45,12 +46,10 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     async def _classify(
         self, request: npb.ClassifyRequest, method: str, deadline: float | None
     ) -> npb.ClassifyResponse:
-        name, version = request.model_name, request.model_version
-        async with self._plane.request(method, name, version, deadline) as scope:
-            max_rows = scope.model.config.max_batch_size
-            inputs = codec.decode_classify(request, scope.model.spec, max_rows)
-            outputs = await scope.infer(inputs)
-            return codec.encode_classify(request, scope.model.spec, outputs)
+        response: npb.ClassifyResponse = await endpoints.infer(
+            self._plane, CLASSIFY.prepare, method, request, deadline
+        )
+        return response
 
     async def Sequence(
         self, request: npb.SequenceRequest, context: Context
@@ -60,15 +59,10 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     async def _sequence(
         self, request: npb.SequenceRequest, method: str, deadline: float | None
     ) -> npb.SequenceResponse:
-        name, version = request.model_name, request.model_version
-        async with self._plane.request(method, name, version, deadline) as scope:
-            max_rows = scope.model.config.max_batch_size
-            inputs = codec.decode_sequence(request, scope.model.spec, max_rows)
-            explain = codec.explain_options(request, scope.model.spec)
-            # Only explain requests run the explain graph (it returns the scores too).
-            graph = scope.model.explainer if explain is not None else None
-            outputs = await scope.infer(inputs, graph)
-            return codec.encode_sequence(request, scope.model.spec, inputs, outputs, explain)
+        response: npb.SequenceResponse = await endpoints.infer(
+            self._plane, SEQUENCE.prepare, method, request, deadline
+        )
+        return response
 
     async def DescribeModel(
         self, request: npb.DescribeModelRequest, context: Context

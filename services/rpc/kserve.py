@@ -25,8 +25,9 @@ from services.errors import (
     NotSupported,
     shown,
 )
-from services.rpc import codec
+from services.rpc import codec, endpoints
 from services.rpc.deadlines import deadline_of
+from services.rpc.endpoints import MODEL_INFER
 from services.rpc.pipelining import failure_status, pipelined
 
 log = logging.getLogger(__name__)
@@ -191,13 +192,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, method: str, deadline: float | None
     ) -> pb.ModelInferResponse:
-        name, version = request.model_name, request.model_version
-        async with self._plane.request(method, name, version, deadline) as scope:
-            spec = scope.model.spec
-            wanted = codec.requested_outputs(request, spec)
-            inputs = codec.decode_infer_inputs(request, spec, scope.model.config.max_batch_size)
-            outputs = await scope.infer(inputs)
-            return codec.encode_infer_response(request, spec, outputs, wanted)
+        response: pb.ModelInferResponse = await endpoints.infer(
+            self._plane, MODEL_INFER.prepare, method, request, deadline
+        )
+        return response
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
