@@ -19,10 +19,10 @@ import torch
 from tests.training_fixtures import TINY, run_cli
 from training import MODEL_NAMES
 from training.claims import memory, seeds, spatial, speed
-from training.cnn import CNN, CNNConfig
 from training.data.digits import load_digits_data
 from training.data.gaps import DECIDING_IDS, FILLER_IDS, make_gap_logs
 from training.data.logs import PAD_ID, VOCABULARY
+from training.models.cnn import CNN, CNNConfig
 from training.report import Plan, write_report
 
 # ----------------------------------------------------------------- gap dataset

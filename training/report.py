@@ -33,7 +33,7 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.claims import memory, seeds, spatial, speed
 from training.data.loans import FEATURE_NAMES
 from training.metrics import confusion_matrix
-from training.perceptron import Perceptron, PerceptronConfig
+from training.models.perceptron import Perceptron, PerceptronConfig
 from training.recipe import Dataset
 from training.tasks import predict_logits, predict_sequences
 
