@@ -57,7 +57,7 @@ models: venv           ## train + export only what the repository lacks
 	$(PY) -m export --model all --if-missing --repository $(REPOSITORY)
 
 report: venv           ## train every model on 3 seeds + measure each family's claim -> reports/training/
-	$(PY) -m training.report
+	$(PY) -m evaluation.report
 
 serve-classify: models
 	$(PY) -m services --service classify --repository $(REPOSITORY)
@@ -104,7 +104,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 typecheck: venv
-	$(PY) -m mypy contract services nnserve_client training export bench
+	$(PY) -m mypy contract services nnserve_client training export bench evaluation
 
 protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
 	$(PY) -m protos.generate
