@@ -102,9 +102,10 @@ stack-test: venv       ## compose stack + scale-out stack, built, started and ch
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m tools.import_graph   # no import cycles, no arrows back up between packages
 
 typecheck: venv
-	$(PY) -m mypy contract services nnserve_client training export bench evaluation
+	$(PY) -m mypy contract services nnserve_client training export bench evaluation tools
 
 protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
 	$(PY) -m protos.generate
