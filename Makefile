@@ -57,7 +57,7 @@ models: venv           ## train + export only what the repository lacks
 	$(PY) -m export --model all --if-missing --repository $(REPOSITORY)
 
 report: venv           ## train every model on 3 seeds + measure each family's claim -> reports/training/
-	$(PY) -m training.report
+	$(PY) -m evaluation.report
 
 serve-classify: models
 	$(PY) -m services --service classify --repository $(REPOSITORY)
@@ -102,9 +102,10 @@ stack-test: venv       ## compose stack + scale-out stack, built, started and ch
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m tools.import_graph   # no import cycles, no arrows back up between packages
 
 typecheck: venv
-	$(PY) -m mypy contract services nnserve_client training export bench
+	$(PY) -m mypy contract services nnserve_client training export bench evaluation tools
 
 protos: venv           ## regenerate protos/*_pb2*.py from protos/*.proto
 	$(PY) -m protos.generate

@@ -42,7 +42,7 @@ from services.batching.merge import BatchLayout
 from tests.server_harness import RunningServer, make_settings, running_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.logs import VOCABULARY, is_valid
-from training.transformer import AttentionExplainer, TransformerDetector
+from training.models.transformer import AttentionExplainer, TransformerDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "transformer"

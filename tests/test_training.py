@@ -17,11 +17,11 @@ from training.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from training.data.digits import load_digits_data
 from training.data.loans import FEATURE_NAMES, make_loans, nonlinear_rule
 from training.data.logs import ANOMALY_KINDS, PAD_ID, VOCABULARY, decode, is_valid, make_logs
-from training.lstm import LSTMConfig, LSTMDetector
-from training.mlp import MLPConfig
+from training.models.lstm import LSTMConfig, LSTMDetector
+from training.models.mlp import MLPConfig
+from training.models.transformer import TransformerConfig, TransformerDetector
 from training.registry import get_recipe
 from training.trainer import fit
-from training.transformer import TransformerConfig, TransformerDetector
 
 # ----------------------------------------------------------------- datasets
 

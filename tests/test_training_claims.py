@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.claims import memory, seeds, spatial, speed
+from evaluation.report import Plan, write_report
 from tests.training_fixtures import TINY, run_cli
 from training import MODEL_NAMES
-from training.claims import memory, seeds, spatial, speed
-from training.cnn import CNN, CNNConfig
 from training.data.digits import load_digits_data
 from training.data.gaps import DECIDING_IDS, FILLER_IDS, make_gap_logs
 from training.data.logs import PAD_ID, VOCABULARY
-from training.report import Plan, write_report
+from training.models.cnn import CNN, CNNConfig
 
 # ----------------------------------------------------------------- gap dataset
 
@@ -266,7 +266,7 @@ def test_tiny_report_comparisons_have_one_value_per_seed_and_length(
 
 
 def test_report_cli_rejects_repeated_seeds(tmp_path: Path) -> None:
-    result = run_cli("training.report", "--out", str(tmp_path), "--seeds", "1", "1")
+    result = run_cli("evaluation.report", "--out", str(tmp_path), "--seeds", "1", "1")
     assert result.returncode == 2
     assert "distinct" in result.stderr
     assert not (tmp_path / "report.md").exists()

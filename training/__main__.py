@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     print(f"total {time.perf_counter() - start:.1f}s for {len(names)} model(s)")
     if args.model == "all" and not args.dry_run:
-        print("report (trains its own runs on several seeds): python -m training.report")
+        print("report (trains its own runs on several seeds): python -m evaluation.report")
     if failed:
         print(f"error: quality bar missed by: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from contract.model import GoldenCase, Signature, decode_array, encode_array
-
-if TYPE_CHECKING:
-    from training.recipe import Dataset
+from training.dataset import Dataset
 
 # A family's filter of candidate rows (e.g. the perceptron keeps rows off its step).
 RowFilter = Callable[[nn.Module, np.ndarray], np.ndarray]

@@ -6,28 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 from torch import nn
 
 from contract.model import Signature
 from training.config import TrainConfig
+from training.dataset import Batch, Dataset, Split  # also imported from here by the families
 from training.goldens import GoldenSet
 
-# A split is a dict of equally long arrays, e.g. {"x": (N, 8), "y": (N,)}.
-Split = dict[str, np.ndarray]
-Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 # (model, signature, dataset, checkpoint metadata, seed) -> golden cases for export.
-GoldenCases = Callable[[nn.Module, Signature, "Dataset", dict[str, Any], int], GoldenSet]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    train: Split
-    val: Split
-    test: Split
-    metadata: dict[str, Any]  # labels, features / vocabulary, split description ...
+GoldenCases = Callable[[nn.Module, Signature, Dataset, dict[str, Any], int], GoldenSet]
 
 
 @dataclass(frozen=True)

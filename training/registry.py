@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from training import MODEL_NAMES, cnn, lstm, mlp, perceptron, transformer
+from training import MODEL_NAMES
+from training.models import cnn, lstm, mlp, perceptron, transformer
 from training.recipe import Recipe
 
 RECIPES: dict[str, Recipe] = {

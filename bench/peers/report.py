@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.peers.run import LABELS, SERVERS
+from bench.peers import LABELS, SERVERS
 from bench.report import _fmt, _rows_table
 
 CLIENTS = {

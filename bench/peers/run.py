@@ -29,7 +29,7 @@ import grpc
 
 from bench import perf_analyzer, procstat
 from bench.loadgen import LoadGenerator
-from bench.peers import configs, envs
+from bench.peers import LABELS, SERVERS, configs, envs
 from bench.peers.envs import PeerUnavailable
 from bench.peers.servers import (
     Running,
@@ -49,13 +49,6 @@ from bench.workload import (
 
 log = logging.getLogger("bench")
 
-SERVERS = ("noop", "nnserve", "mlserver", "triton")
-LABELS = {
-    "noop": "no-op grpc.aio",
-    "nnserve": "nnserve",
-    "mlserver": "MLServer 1.7.1",
-    "triton": "Triton (pytriton 0.7.0)",
-}
 PEERS = ("mlserver", "triton")  # installed into their own environments
 # perf_analyzer errors that hold for every point of a server (not worth retrying).
 PA_CANNOT_DRIVE = ("failed to get model config", "failed to get model metadata")

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training import goldens, perceptron, signatures
+from training import goldens, signatures
 from training.config import TrainConfig
+from training.models import perceptron
 from training.normalize import Standardize
 from training.recipe import Dataset, Extra, LossFn, Recipe
 from training.tasks import classify_evaluate, classify_loss

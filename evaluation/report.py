@@ -1,4 +1,4 @@
-"""python -m training.report [--out reports/training] [--work runs/report] [--seeds 7 8 9]
+"""python -m evaluation.report [--out reports/training] [--work runs/report] [--seeds 7 8 9]
 
 Trains everything it reports, from nothing, and writes report.md, summary.json and PNG
 plots to --out: every model on each seed (mean and spread of the held-out metric
@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluation.claims import memory, seeds, spatial, speed
 from training import MODEL_NAMES, plots
 from training.api import default_threads
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.claims import memory, seeds, spatial, speed
 from training.data.loans import FEATURE_NAMES
 from training.metrics import confusion_matrix
-from training.perceptron import Perceptron, PerceptronConfig
+from training.models.perceptron import Perceptron, PerceptronConfig
 from training.recipe import Dataset
 from training.tasks import predict_logits, predict_sequences
 
@@ -153,7 +153,7 @@ def write_report(
     out_dir: str | Path = "reports/training",
     work_dir: str | Path = "runs/report",
     plan: Plan | None = None,
-    command: str = "python -m training.report",
+    command: str = "python -m evaluation.report",
 ) -> Path:
     plan = plan or Plan()
     out, work = Path(out_dir), Path(work_dir)
@@ -706,7 +706,7 @@ def summary(f: Findings) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.report",
+        prog="python -m evaluation.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     plan = Plan(seeds=tuple(args.seeds), onnx=not args.no_onnx, progress=not args.no_progress)
     command = " ".join(
-        ["python -m training.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+        ["python -m evaluation.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
     )
     report = write_report(args.out, args.work, plan, command=command)
     print(f"report: {report}", file=sys.stderr)

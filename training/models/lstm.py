@@ -21,8 +21,7 @@ from torch import nn
 
 from contract.model import Signature
 from training import goldens, signatures
-from training.recipe import Recipe, StepRecipe
-from training.sequence import (
+from training.models.sequence import (
     SequenceConfig,
     load_data,
     make_loss,
@@ -31,6 +30,7 @@ from training.sequence import (
     sanitize_inputs,
     vocabulary_info,
 )
+from training.recipe import Recipe, StepRecipe
 from training.tasks import sequence_evaluate
 
 # Initial value of the running maxima in the step state: below any hidden state (in

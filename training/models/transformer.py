@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import goldens, signatures
-from training.recipe import Explainer, Recipe
-from training.sequence import (
+from training.models.sequence import (
     SequenceConfig,
     is_last_position,
     load_data,
@@ -31,6 +30,7 @@ from training.sequence import (
     sanitize_inputs,
     vocabulary_info,
 )
+from training.recipe import Explainer, Recipe
 from training.tasks import sequence_evaluate
 
 

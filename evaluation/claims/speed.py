@@ -95,7 +95,7 @@ def train_step_ms(checkpoint: Path, lengths: tuple[int, ...], repeats: int) -> l
 
 def export_graph(checkpoint: Path, repository: Path) -> Path:
     """The checkpoint exported (parity-gated) into ``repository``; returns model.onnx."""
-    from export.api import export_model  # export builds on training, not the reverse
+    from export.api import export_model  # imports onnx: only where a graph is timed
 
     return Path(export_model(checkpoint, repository).path) / "model.onnx"
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import cnn
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.metrics import accuracy
+from training.models import cnn
 from training.recipe import Recipe, not_exported
 from training.tasks import classify_evaluate, predict_logits
 from training.trainer import fit, seed_everything
