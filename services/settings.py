@@ -31,6 +31,13 @@ class ModelControlMode(StrEnum):
     POLL = "poll"  # the repository is watched; Load/Unload answer FAILED_PRECONDITION
 
 
+class Frontend(StrEnum):
+    """What receives gRPC calls (services/rpc/native.py, services/rpc/server.py)."""
+
+    NATIVE = "native"  # pygrpc-native: unary inference in batches, the rest via grpc.aio
+    AIO = "aio"  # grpc.aio for every method
+
+
 @dataclass(frozen=True)
 class VersionPolicy:
     """Which versions of a model serve: all found, or the `latest` N highest that load.
@@ -91,6 +98,13 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = None
     """Prometheus /metrics HTTP port; default 9091 / 9092; 0 picks a free port; -1 disables."""
+
+    frontend: Frontend = Frontend.AIO
+    """What receives gRPC calls. `native`: pygrpc-native (HTTP/2 and gRPC in Rust, outside
+    the GIL) serves ModelInfer, Classify and Sequence, handing the server whole batches of
+    calls; every other method reaches grpc.aio behind it. `aio`: grpc.aio serves every
+    method. With TLS or a connection age or idle limit, which the native front does not
+    implement, the server runs `aio` and its start-up log says why."""
 
     workers: int = 1
     """Server processes sharing the gRPC port (SO_REUSEPORT); metrics are aggregated."""
@@ -244,6 +258,16 @@ class Settings(BaseSettings):
         if self.auth_health and self.tokens_file is None:
             raise ValueError("NNSERVE_AUTH_HEALTH=true needs NNSERVE_TOKENS_FILE")
         return self
+
+    @property
+    def frontend_in_use(self) -> tuple[Frontend, str]:
+        """The front end the server runs, and why when it is not the one asked for."""
+        if self.frontend is Frontend.NATIVE:
+            if self.tls is not None:
+                return Frontend.AIO, "TLS (the native front serves plaintext only)"
+            if self.max_connection_age_seconds > 0 or self.max_connection_idle_seconds > 0:
+                return Frontend.AIO, "a connection age or idle limit (the native front has none)"
+        return self.frontend, ""
 
     @property
     def tls(self) -> TLSFiles | None:

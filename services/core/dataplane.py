@@ -220,7 +220,7 @@ class Request:
                 if plane.tracing is not None:
                     self._trace_stages(plane.tracing, end)
             return
-        if isinstance(exc, asyncio.CancelledError) and self._expired():
+        if isinstance(exc, asyncio.CancelledError) and self.expired():
             exc = DeadlineExpired("deadline exceeded")  # the client's deadline ended the call
         code, _ = status_of(exc)
         plane.count_failure(model, self._name, self._method, code.name)
@@ -255,5 +255,5 @@ class Request:
         tracing.stage(span, "compute", run_start, self._inferred, rows=self._rows, **model)
         tracing.stage(span, "encode", self._inferred, end, **model)
 
-    def _expired(self) -> bool:
+    def expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline - 0.001

@@ -36,8 +36,9 @@ from services.ops.tracing import Tracing
 from services.rpc.domain import PredictorServicer
 from services.rpc.interceptor import AccountingInterceptor
 from services.rpc.kserve import KServeServicer
+from services.rpc.native import NativeFrontend
 from services.rpc.stream import StreamService
-from services.settings import Settings
+from services.settings import Frontend, Settings
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,15 @@ class NNServeServer:
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.frontend, why = settings.frontend_in_use
+        if why:
+            log.info("front end: aio instead of native, because of %s", why)
+        self.native: NativeFrontend | None = None
+        if self.frontend is Frontend.NATIVE:
+            self.native = NativeFrontend(
+                settings, self.server, self.plane, self.metrics, self.auth, self.tracing,
+                self.calls,
+            )  # fmt: skip
         reflection.enable_server_reflection(
             (
                 KSERVE_SERVICE,
@@ -160,7 +170,9 @@ class NNServeServer:
         """Bind gRPC and metrics ports, then load models (health SERVING once loaded)."""
         s = self.settings
         address = f"{s.host}:{s.grpc_port}"
-        if self._credentials is None:  # Settings allow this only on loopback or when chosen
+        if self.native is not None:
+            self.grpc_port = self.native.bind(address)
+        elif self._credentials is None:  # Settings allow this only on loopback or when chosen
             self.grpc_port = self.server.add_insecure_port(address)
         else:
             self.grpc_port = self.server.add_secure_port(address, self._credentials)
@@ -171,13 +183,16 @@ class NNServeServer:
                 exposition_registry(self.metrics), s.host, s.metrics_port
             )
         self._update_overall()
-        await self.server.start()
+        if self.native is not None:
+            await self.native.start()
+        else:
+            await self.server.start()
         tls = s.tls
         transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC (%s%s) on %s:%d, metrics on :%d",
-            s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
-            self.metrics_port,
+            "%s service: gRPC (%s%s, %s front end) on %s:%d, metrics on :%d",
+            s.service, transport, ", tokens" if self.auth else "", self.frontend, s.host,
+            self.grpc_port, self.metrics_port,
         )  # fmt: skip
         if s.ports_file is not None:
             write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
@@ -221,7 +236,11 @@ class NNServeServer:
             if not busy and now - quiet_since >= QUIET_BEFORE_STOP_SECONDS:
                 break
             await asyncio.sleep(0.01)
-        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.0, deadline - time.monotonic())
+        if self.native is not None:
+            await self.native.stop(remaining)
+        else:
+            await self.server.stop(remaining)
         await cancel(self._sweeper)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
