@@ -226,7 +226,8 @@ class NativeFrontend:
                 )
             if len(self._pending) >= self._max_calls:
                 raise QueueFull(
-                    f"server has {self._max_calls} calls running (max_concurrent_rpcs); retry later"
+                    f"Concurrent RPC limit exceeded: {self._max_calls} calls running "
+                    "(max_concurrent_rpcs); retry later"
                 )
             if method.role is not None:
                 assert self._auth is not None
