@@ -156,13 +156,13 @@ class NativeFrontend:
         self._receiver.start()
 
     async def stop(self, grace: float) -> None:
-        """Close the public port, then the fallback (its calls get up to `grace`)."""
+        """Stop the fallback (its calls, such as health Watch streams, get up to `grace`
+        and see the last updates), then close the public port (GOAWAY)."""
+        await self._fallback.stop(grace)
         if self._front is not None:
             self._front.close()
         self._closed.set()
-        for pending in list(self._pending.values()):
-            self._pending.pop(pending.call_id, None)
-        await self._fallback.stop(grace)
+        self._pending.clear()
         if self._receiver is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._receiver.join, 1.0)
         if self._socket_dir is not None:

@@ -190,9 +190,9 @@ class NNServeServer:
         tls = s.tls
         transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC (%s%s, %s front end) on %s:%d, metrics on :%d",
-            s.service, transport, ", tokens" if self.auth else "", self.frontend, s.host,
-            self.grpc_port, self.metrics_port,
+            "%s service: gRPC (%s%s) on %s:%d, %s front end, metrics on :%d",
+            s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
+            self.frontend, self.metrics_port,
         )  # fmt: skip
         if s.ports_file is not None:
             write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
