@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     method. With TLS or a connection age or idle limit, which the native front does not
     implement, the server runs `aio` and its start-up log says why."""
 
+    native_io_threads: int = Field(default=1, ge=1, le=64)
+    """Threads of the native front end's HTTP/2 runtime (tokio); one suits a server pinned
+    to few cores, more help only where cores are spare."""
+
     workers: int = 1
     """Server processes sharing the gRPC port (SO_REUSEPORT); metrics are aggregated."""
 

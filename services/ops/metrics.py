@@ -85,6 +85,10 @@ class Metrics:
             "nnserve_model_load_seconds", "Load, golden check and warm-up time.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.frontend_info = Gauge(
+            "nnserve_frontend_info", "Always 1; names the front end receiving gRPC calls.",
+            ["frontend"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.model_info = Gauge(
             "nnserve_model_info", "Always 1; joins the provider in use to each model.",
             ["model", "version", "family", "task", "provider"], registry=r,

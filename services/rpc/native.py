@@ -126,6 +126,7 @@ class NativeFrontend:
             "keepalive_timeout_ms": max(1, int(s.keepalive_timeout_seconds * 1000)),
             "keepalive_permit_without_calls": True,
             "reuse_port": s.workers > 1,
+            "io_threads": s.native_io_threads,
         }
         if s.max_concurrent_streams > 0:
             options["max_concurrent_streams"] = s.max_concurrent_streams

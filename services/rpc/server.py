@@ -124,6 +124,7 @@ class NNServeServer:
         self.frontend, why = settings.frontend_in_use
         if why:
             log.info("front end: aio instead of native, because of %s", why)
+        self.metrics.frontend_info.labels(self.frontend.value).set(1)
         self.native: NativeFrontend | None = None
         if self.frontend is Frontend.NATIVE:
             self.native = NativeFrontend(
