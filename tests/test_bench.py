@@ -197,26 +197,3 @@ def test_targets_flag_misses() -> None:
     assert result["mlp v2 c32 p99 ms"] is False
     assert result["mlp domain c32 inferences/s"] is False
     assert result["mlp domain/v2 c32 throughput"] is False  # 0.8 < 0.85
-
-
-def test_client_stream_compares_the_client_library_unary_and_streamed(repository: Path) -> None:
-    """bench.client_stream: every mode answers without errors (an error answer raises) and
-    the table has one row per mode."""
-    cmd = [sys.executable, "-m", "bench.client_stream", "--repository", str(repository),
-           "--duration", "0.5", "--rounds", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [
-        line.split()
-        for line in proc.stdout.splitlines()
-        if line.lstrip().startswith(("blocking", "asyncio"))
-    ]
-    assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("blocking", "classify_tabular", "1"),
-        ("blocking", "classify_tabular", "8"),
-        ("blocking", "classify_stream", "8"),
-        ("blocking", "classify_stream", "32"),
-        ("asyncio", "classify_tabular", "8"),
-        ("asyncio", "classify_tabular", "32"),
-    ]
-    assert all(float(r[3].replace(",", "")) > 0 for r in rows)  # requests/s
