@@ -289,6 +289,12 @@ RATIOS = (
 )  # fmt: skip
 
 
+def front_end(server: Server) -> str:
+    """The front end a service runs (nnserve_frontend_info), or "" when it says none."""
+    samples = metric_samples(server.scrape()) if server.metrics_port > 0 else []
+    return next((la["frontend"] for n, la, _ in samples if n == "nnserve_frontend_info"), "")
+
+
 def model_counters(text: str, model: str) -> dict[str, float]:
     """The model's counters that RATIOS uses, summed over versions (and other labels), and
     its batches per provider ('batches:<provider>')."""

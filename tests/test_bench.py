@@ -206,7 +206,7 @@ def test_launcher_reads_the_ports_file_and_passes_the_front_end(
 ) -> None:
     """Port 0: the address comes from the ports file the service writes once bound; the
     front end goes in as NNSERVE_FRONTEND; stop() ends the process tree."""
-    from bench.harness import start_service, wait_ready
+    from bench.harness import front_end, start_service, wait_ready
 
     server = start_service("classify", repository, tmp_path, ["mlp"], frontend=frontend)
     try:
@@ -214,7 +214,7 @@ def test_launcher_reads_the_ports_file_and_passes_the_front_end(
         port = int(server.address.rpartition(":")[2])
         assert port > 0 and server.metrics_port > 0
         assert "nnserve_batch_size" in server.scrape()
-        assert f"{frontend} front end" in server.log_path.read_text()
+        assert front_end(server) == frontend  # what the service says it runs
         assert server.process.pid in server.pids()
     finally:
         server.stop()
@@ -238,6 +238,7 @@ def test_peers_run_measures_both_front_ends_and_the_no_op_floors(
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     doc = json.loads((out / "peers-latest.json").read_text())
     assert doc["status"] == dict.fromkeys(servers, "ok")
+    assert doc["front_ends"] == {"nnserve": "aio", "nnserve-native": "native"}
     points = {(p["client"], p["server"]): p for p in doc["points"]}
     streamed = [s for s in servers if s != "noop-native"]
     assert set(points) == {("bench", s) for s in servers} | {("bench-stream", s) for s in streamed}

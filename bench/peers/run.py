@@ -123,6 +123,9 @@ class PeersRun:
             self.doc["status"][name] = f"unavailable: {exc}"
             return False
         self.doc["status"][name] = "ok"
+        if name.startswith("nnserve"):  # what the service runs, not only what was asked
+            server = next(iter(self.started[name].values()))
+            self.doc.setdefault("front_ends", {})[name] = harness.front_end(server)
         log.info("%s ready in %.1f s", LABELS[name], time.monotonic() - t0)
         return True
 
