@@ -162,7 +162,8 @@ def serve_native(info: ModelInfo, host: str) -> None:
 
     fixed = answers(info)
     names = list(fixed)
-    front = NativeGrpcFront(f"{host}:0", [(f"/{SERVICE}/{n}", False) for n in names])
+    # One I/O thread, as the services' native front by default (NNSERVE_NATIVE_IO_THREADS).
+    front = NativeGrpcFront(f"{host}:0", [(f"/{SERVICE}/{n}", False) for n in names], io_threads=1)
     answer_of = [fixed[n] for n in names]  # by method id: the order registered
     infer_id = names.index("ModelInfer")
     front.start()
