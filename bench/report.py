@@ -227,7 +227,9 @@ def plot(path: Path, panels: list[tuple[str, str, list[Line]]], title: str, log_
         for label, xs, ys, style in (line for line in lines if line[1]):
             ax.plot(xs, ys, style, label=label)
         if xlabel.startswith("concurrency"):
+            ticks = sorted({x for _, xs, _, _ in lines for x in xs})
             ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
         if log_y and any(y > 0 for _, _, ys, _ in lines for y in ys):
             ax.set_yscale("log")
         ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
