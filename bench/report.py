@@ -1,4 +1,5 @@
-"""Results out: one text table, JSON (timestamped + latest.json) and PNG plots."""
+"""Results out, for every benchmark here: text or markdown tables, the targets a run is
+checked against, JSON (timestamped and latest) and PNG plots."""
 
 from __future__ import annotations
 
@@ -8,211 +9,295 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench.peers import LABELS, SERVERS
 
-def _fmt(value: Any, digits: int = 2) -> str:
+# ---------------------------------------------------------------------- tables
+
+
+def fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _rows_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    line = "  ".join(
-        h.rjust(w) if i > 1 else h.ljust(w)
-        for i, (h, w) in enumerate(zip(header, widths, strict=True))
-    )
-    out = [line, "-" * len(line)]
-    for r in rows:
-        out.append(
-            "  ".join(
-                c.rjust(w) if i > 1 else c.ljust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-    return "\n".join(out)
+def table(header: list[str], rows: list[list[str]], markdown: bool = False, left: int = 2) -> str:
+    """Aligned text (the first `left` columns left-aligned), or a markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in pairs).rstrip()
+
+    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
 
 
-def table(doc: dict[str, Any]) -> str:
-    """The run as one table: per model the floor rows, then each API x concurrency."""
-    header = [
-        "model",
-        "path",
-        "conc",
-        "infer/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "errors",
-        "srv cores",
-        "cli cores",
-        "other",
-        "batch",
-    ]
+def cells(p: dict[str, Any], columns: list[tuple[str, int]]) -> list[str]:
+    """A point's fields as table cells: (key, digits) per column."""
+    return [fmt(p.get(key), digits) for key, digits in columns]
+
+
+def write_json(doc: dict[str, Any], out_dir: Path, name: str, latest: str) -> Path:
+    """out_dir/<name>.json, copied to out_dir/<latest>.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+    shutil.copyfile(path, out_dir / f"{latest}.json")
+    return path
+
+
+def _machine_line(doc: dict[str, Any]) -> str:
+    m = doc.get("machine", {})
+    return (f"{m.get('cpus')} CPUs ({m.get('cpu_model')}), load average "
+            f"{m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end")  # fmt: skip
+
+
+# ---------------------------------------------------------------------- targets
+
+# The 2-core reference machine, load generator on the same machine (docs/benchmarks.md).
+C1_P50_MS = {"mlp": 0.6}
+C32_INFERENCES_PER_S = {"mlp": 5000, "cnn": 5000, "lstm": 4000, "transformer": 4000}
+C32_P99_MS = 15.0
+DOMAIN_VS_V2 = 0.85  # domain API throughput at least 85% of v2's at the same point
+
+
+def targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per target this run has points for: what was asked, got, and ok.
+    Informational: a miss is reported, not raised."""
+    by_key = {(p["model"], p["api"], p["concurrency"]): p for p in points}
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, got: float, want: str, ok: bool) -> None:
+        checks.append({"target": name, "got": round(got, 3), "want": want, "ok": bool(ok)})
+
+    for (model, api, conc), p in sorted(by_key.items()):
+        name, ips, p99 = f"{model} {api} c{conc}", p["inferences_per_s"], p["p99_ms"]
+        if conc == 1 and model in C1_P50_MS:
+            limit = C1_P50_MS[model]
+            add(f"{name} p50 ms", p["p50_ms"], f"<= {limit}", p["p50_ms"] <= limit)
+        if conc == 32 and model in C32_INFERENCES_PER_S:
+            least = C32_INFERENCES_PER_S[model]
+            add(f"{name} inferences/s", ips, f">= {least}", ips >= least)
+            add(f"{name} p99 ms", p99, f"<= {C32_P99_MS}", p99 <= C32_P99_MS)
+            add(f"{name} errors", p["error_count"], "== 0", p["error_count"] == 0)
+        if api == "domain" and (model, "v2", conc) in by_key:
+            v2 = by_key[(model, "v2", conc)]["inferences_per_s"]
+            ratio = ips / v2 if v2 else 0.0
+            add(f"{model} domain/v2 c{conc} throughput", ratio, f">= {DOMAIN_VS_V2}",
+                ratio >= DOMAIN_VS_V2)  # fmt: skip
+    return checks
+
+
+# ---------------------------------------------------------------------- python -m bench
+
+RUN_HEADER = ["model", "path", "conc", "infer/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+              "srv cores", "cli cores", "other", "batch"]  # fmt: skip
+LATENCY = [("inferences_per_s", 0), ("p50_ms", 3), ("p90_ms", 3), ("p99_ms", 3)]
+
+
+def run_table(doc: dict[str, Any]) -> str:
+    """Per model the floor rows, then each API x concurrency; perf_analyzer apart."""
     rows: list[list[str]] = []
-    models = list(
-        dict.fromkeys([p["model"] for p in doc["points"]] + [f["model"] for f in doc["floor"]])
-    )
+    models = dict.fromkeys([f["model"] for f in doc["floor"]] + [p["model"] for p in doc["points"]])
     for model in models:
         for f in (f for f in doc["floor"] if f["model"] == model):
-            rows.append(
-                [
-                    model,
-                    f"in-process b{f['batch']}",
-                    "-",
-                    _fmt(f["inferences_per_s"], 0),
-                    _fmt(f["p50_ms"], 3),
-                    "-",
-                    _fmt(f["p99_ms"], 3),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    str(f["batch"]),
-                ]
-            )
+            rows.append([model, f"in-process b{f['batch']}", "-", *cells(f, LATENCY),
+                         "-", "-", "-", "-", str(f["batch"])])  # fmt: skip
         for p in (p for p in doc["points"] if p["model"] == model):
-            errors = (
-                str(p["error_count"])
-                if not p["errors"]
-                else ",".join(f"{k}:{v}" for k, v in p["errors"].items())
-            )
-            rows.append(
-                [
-                    model,
-                    p["api"],
-                    str(p["concurrency"]),
-                    _fmt(p["inferences_per_s"], 0),
-                    _fmt(p["p50_ms"], 3),
-                    _fmt(p["p90_ms"], 3),
-                    _fmt(p["p99_ms"], 3),
-                    errors,
-                    _fmt(p.get("server_cores")),
-                    _fmt(p.get("client_cores")),
-                    _fmt(p.get("other_cores")),
-                    _fmt(p.get("mean_batch_size"), 1),
-                ]
-            )
-    parts = [_rows_table(header, rows)]
+            errors = ",".join(f"{k}:{v}" for k, v in p["errors"].items()) or "0"
+            rows.append([model, p["api"], str(p["concurrency"]), *cells(p, LATENCY), errors,
+                         *cells(p, [("server_cores", 2), ("client_cores", 2),
+                                    ("other_cores", 2), ("mean_batch_size", 1)])])  # fmt: skip
+    parts = [table(RUN_HEADER, rows)] if rows else []
     pa = doc.get("perf_analyzer") or {}
     if pa.get("points"):
-        pa_rows = [
-            [
-                p["model"],
-                "perf_analyzer v2",
-                str(p["concurrency"]),
-                _fmt(p["inferences_per_s"], 0),
-                _fmt(p["p50_ms"], 3),
-                _fmt(p["p90_ms"], 3),
-                _fmt(p["p99_ms"], 3),
-                "-",
-                "-",
-                _fmt(p.get("client_cores")),
-            ]
-            for p in pa["points"]
-        ]
-        parts.append(
-            "perf_analyzer (separate tool: compare its numbers only with each other; "
-            "cli cores over its whole run)"
-        )
-        parts.append(_rows_table(header[:10], pa_rows))
-    if pa.get("status") and pa["status"] != "ok":
-        failed = sorted({e["model"] for e in pa.get("errors", [])})
-        reason = pa["errors"][0]["error"] if pa.get("errors") else ""
-        parts.append(
-            f"perf_analyzer: {pa['status']}"
-            + (f" ({', '.join(failed)}: {reason})" if failed else "")
-        )
-    memory = doc.get("memory") or {}
-    for when in ("after_load", "after_run"):
-        if memory.get(when):
-            total = memory[when]["total"]
-            per = ", ".join(f"{s} {m['rss_mib']} MiB" for s, m in memory[when]["services"].items())
-            parts.append(
-                f"server memory {when.replace('_', ' ')}: RSS {total['rss_mib']} MiB "
-                f"(PSS {total['pss_mib']} MiB; {per})"
-            )
+        parts.append("perf_analyzer (its own client: compare its numbers only with each other; "
+                     "cli cores over its whole run)")  # fmt: skip
+        pa_rows = [[p["model"], "perf_analyzer v2", str(p["concurrency"]),
+                    *cells(p, [*LATENCY, ("client_cores", 2)])] for p in pa["points"]]  # fmt: skip
+        parts.append(table([*RUN_HEADER[:7], "cli cores"], pa_rows))
+    if pa.get("status", "ok") != "ok":
+        parts.append(f"perf_analyzer: {pa['status']}")
+    for when, mem in (doc.get("memory") or {}).items():
+        per = ", ".join(f"{s} {m['rss_mib']} MiB" for s, m in mem["services"].items())
+        total = mem["total"]
+        parts.append(f"server memory {when.replace('_', ' ')}: RSS {total['rss_mib']} MiB "
+                     f"(PSS {total['pss_mib']} MiB; {per})")  # fmt: skip
     checks = doc.get("targets") or []
     if checks:
         missed = [c for c in checks if not c["ok"]]
         parts.append(f"targets: {len(checks) - len(missed)}/{len(checks)} met")
         parts.extend(f"  MISSED {c['target']}: {c['got']} (want {c['want']})" for c in missed)
-    ctx = doc.get("machine", {})
-    parts.append(
-        f"machine: {ctx.get('cpus')} CPUs ({ctx.get('cpu_model')}), load average "
-        f"{ctx.get('loadavg_start')} at start, {ctx.get('loadavg_end')} at end; 'other' = "
-        "cores busy outside server and load generator during the point"
-    )
+    parts.append(f"{_machine_line(doc)}; 'other' = cores busy outside server and load generator")
     return "\n".join(parts)
 
 
-def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stamp}.json"
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=True) + "\n")
-    shutil.copyfile(path, out_dir / "latest.json")
-    return path
+# ---------------------------------------------------------------------- python -m bench.peers
+
+CLIENTS = {"bench": "unary", "bench-stream": "streams", "perf_analyzer": "perf_analyzer unary",
+           "perf_analyzer-stream": "perf_analyzer streams"}  # fmt: skip
+FIGURES = (("infer/s", "inferences_per_s", 0), ("p50 ms", "p50_ms", 3),
+           ("srv us/req", "server_cpu_us_per_request", 0))  # fmt: skip
 
 
-def plot(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
-    """Throughput and p99 vs concurrency, one panel per model: served APIs vs the floor."""
+def peers_table(doc: dict[str, Any]) -> str:
+    """Per model: one column per server; per client and concurrency, rows of throughput,
+    p50 and server CPU per request (medians of rounds). A cell says `unavailable` (the
+    server could not run), `n/a` (it cannot serve this client) or `failed`; why is said
+    under the table."""
+    status: dict[str, str] = doc.get("status", {})
+    servers = [s for s in SERVERS if s in doc["options"]["servers"]]
+    key = {(p["client"], p["server"], p["model"], p["concurrency"]): p for p in doc["points"]}
+    not_applicable: dict[str, dict[str, str]] = doc.get("not_applicable", {})
+    clients = [c for c in CLIENTS if any(p["client"] == c for p in doc["points"])] or ["bench"]
+    parts: list[str] = []
+    failures: list[str] = []
+    for model in doc["options"]["models"]:
+        rows: list[list[str]] = []
+        for client in clients:
+            for conc in doc["options"]["concurrency"]:
+                for i, (label, field, digits) in enumerate(FIGURES):
+                    row = [CLIENTS[client] if i == 0 else "", str(conc) if i == 0 else "", label]
+                    for s in servers:
+                        p = key.get((client, s, model, conc))
+                        if status.get(s, "ok") != "ok":
+                            row.append("unavailable")
+                        elif client in not_applicable.get(s, {}):
+                            row.append("n/a")
+                        elif p is None or "error" in p:
+                            row.append("-" if p is None else "failed")
+                            if p is not None and i == 0:
+                                failures.append(f"{CLIENTS[client]} x {LABELS[s]} c={conc}: "
+                                                f"{p['error']}")  # fmt: skip
+                        else:
+                            row.append(fmt(p.get(field), digits))
+                    rows.append(row)
+        parts.append(f"{model}: KServe v2 batch 1 (unary: ModelInfer; streams: ModelStreamInfer), "
+                     f"medians of {doc['options']['rounds']} rounds")  # fmt: skip
+        parts.append(
+            table(["client", "conc", "figure", *(LABELS[s] for s in servers)], rows, left=3)
+        )
+    parts.extend(f"{LABELS[s]}: {status[s]}" for s in servers if status.get(s, "ok") != "ok")
+    for s, why in not_applicable.items():
+        parts.extend(
+            f"n/a: {CLIENTS[c]} x {LABELS[s]}: {r}" for c, r in why.items() if c in clients
+        )
+    parts.extend(f"failed: {f}" for f in failures)
+    for crash in doc.get("crashes", []):
+        why = crash.get("signal") or "see " + crash["log"]
+        parts.append(f"{LABELS[crash['server']]} exited (code {crash['exit_code']}) during the "
+                     f"run and was restarted: {why}")  # fmt: skip
+    pin = doc.get("pinning")
+    where = "not pinned: client and servers share every CPU"
+    if pin:
+        where = (
+            f"pinned: client side on CPU {pin['client_cpus']}, servers on CPU {pin['server_cpus']}"
+        )
+    parts.append(f"{where}; {_machine_line(doc)}")
+    parts.append("srv us/req: server CPU per request answered in the window (perf_analyzer: "
+                 "over its whole run / its stable throughput)")  # fmt: skip
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------- plots
+
+Line = tuple[str, list[float], list[float], str]  # label, x, y, matplotlib format
+
+
+def _line(label: str, points: list[dict[str, Any]], field: str, style: str) -> Line:
+    pts = sorted((p for p in points if p.get(field) is not None), key=lambda p: p["concurrency"])
+    return label, [p["concurrency"] for p in pts], [p[field] for p in pts], style
+
+
+def plot(path: Path, panels: list[tuple[str, str, list[Line]]], title: str, log_y: bool = True,
+         xlabel: str = "concurrency (requests in flight)") -> Path:  # fmt: skip
+    """One figure of panels (title, y label, lines) side by side; x on a log2 axis when
+    it is concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(p["model"] for p in doc["points"]))
-    if not models:
-        return []
-    written = []
-    for metric, label, floor_key in (
-        ("inferences_per_s", "inferences/s", "inferences_per_s"),
-        ("p99_ms", "p99 latency (ms)", "p99_ms"),
-    ):
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-        for ax, model in zip(axes[0], models, strict=True):
-            for api in dict.fromkeys(p["api"] for p in doc["points"]):
-                pts = sorted(
-                    (p for p in doc["points"] if p["model"] == model and p["api"] == api),
-                    key=lambda p: p["concurrency"],
-                )
-                if pts:
-                    ax.plot(
-                        [p["concurrency"] for p in pts],
-                        [p[metric] for p in pts],
-                        "o-",
-                        label=f"served {api}",
-                    )
-            for f in (f for f in doc["floor"] if f["model"] == model):
-                ax.axhline(
-                    f[floor_key],
-                    linestyle="--",
-                    linewidth=1,
-                    color="gray" if f["batch"] == 1 else "black",
-                    label=f"in-process b{f['batch']}",
-                )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel_title, ylabel, lines) in zip(axes[0], panels, strict=True):
+        for label, xs, ys, style in (line for line in lines if line[1]):
+            ax.plot(xs, ys, style, label=label)
+        if xlabel.startswith("concurrency"):
+            ticks = sorted({x for _, xs, _, _ in lines for x in xs})
             ax.set_xscale("log", base=2)
-            values = [v for line in ax.get_lines() for v in line.get_ydata() if v == v and v > 0]
-            if values:  # the floor is orders of magnitude above the served path
-                ax.set_yscale("log")
-            ax.set_title(model)
-            ax.set_xlabel("concurrency (requests in flight)")
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(
-            f"nnserve {label} vs concurrency ({doc['machine'].get('cpus')} CPUs)", fontsize=10
-        )
-        fig.tight_layout()
-        name = "throughput" if metric == "inferences_per_s" else "p99"
-        path = out_dir / f"{stamp}-{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        shutil.copyfile(path, out_dir / f"latest-{name}.png")
-        written.append(path)
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        if log_y and any(y > 0 for _, _, ys, _ in lines for y in ys):
+            ax.set_yscale("log")
+        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_plots(doc: dict[str, Any], out: Path, stamp: str) -> list[Path]:
+    """Throughput and p99 vs concurrency, one panel per model: served APIs vs the floor."""
+    written = []
+    for metric, label, name in (("inferences_per_s", "inferences/s", "throughput"),
+                                ("p99_ms", "p99 latency (ms)", "p99")):  # fmt: skip
+        panels = []
+        for model in dict.fromkeys(p["model"] for p in doc["points"]):
+            mine = [p for p in doc["points"] if p["model"] == model]
+            conc = sorted({p["concurrency"] for p in mine})
+            lines = [_line(f"served {api}", [p for p in mine if p["api"] == api], metric, "o-")
+                     for api in dict.fromkeys(p["api"] for p in mine)]  # fmt: skip
+            lines += [(f"in-process b{f['batch']}", [conc[0], conc[-1]], [f[metric]] * 2, "--")
+                      for f in doc["floor"] if f["model"] == model]  # fmt: skip
+            panels.append((model, label, lines))
+        if panels:
+            title = f"nnserve {label} vs concurrency ({doc['machine'].get('cpus')} CPUs)"
+            written.append(plot(out / f"{stamp}-{name}.png", panels, title))
+            shutil.copyfile(written[-1], out / f"latest-{name}.png")
     return written
+
+
+def peers_plots(doc: dict[str, Any], out: Path, stamp: str) -> list[Path]:
+    """Per model: throughput, p50 and server CPU per request vs concurrency; one colour
+    per server, one line style per client."""
+    styles = {"bench": "o-", "bench-stream": "^:", "perf_analyzer": "s--",
+              "perf_analyzer-stream": "v-."}  # fmt: skip
+    points = [p for p in doc["points"] if "error" not in p]
+    servers = [s for s in SERVERS if s in doc["options"]["servers"]]
+    written = []
+    for model in doc["options"]["models"]:
+        panels = []
+        for label, field, _ in FIGURES:
+            lines = [_line(f"{LABELS[s]}, {CLIENTS[c]}",
+                           [p for p in points if (p["model"], p["server"], p["client"]) == key],
+                           field, f"C{i}{style}")
+                     for i, s in enumerate(servers) for c, style in styles.items()
+                     for key in [(model, s, c)]]  # fmt: skip
+            panels.append((label, label, lines))
+        where = "pinned" if doc.get("pinning") else "unpinned"
+        title = (f"{model}, KServe v2 batch 1: medians of {doc['options']['rounds']} rounds; "
+                 f"{doc['machine'].get('cpus')} CPUs, {where}")  # fmt: skip
+        written.append(plot(out / f"{stamp}-{model}.png", panels, title))
+        shutil.copyfile(written[-1], out / f"peers-latest-{model}.png")
+    return written
+
+
+def soak_plot(doc: dict[str, Any], out: Path, stamp: str) -> Path:
+    """RSS and throughput over the soak's windows."""
+    samples, s = doc["samples"], doc["soak"]
+    xs = [x["t_s"] for x in samples]
+    panels = [("server RSS", "MiB", [("RSS", xs, [x["rss_mib"] for x in samples], "o-")]),
+              ("throughput", "inferences/s",
+               [("inferences/s", xs, [x["inferences_per_s"] for x in samples], "x:")])]  # fmt: skip
+    title = (f"soak: mlp c={s['concurrency']}, RSS {s['start_rss_mib']} -> {s['end_rss_mib']} "
+             f"MiB ({s['growth_pct']:+.2f}%)")  # fmt: skip
+    path = plot(out / f"soak-{stamp}.png", panels, title, log_y=False, xlabel="seconds under load")
+    shutil.copyfile(path, out / "latest-soak.png")
+    return path

@@ -1,4 +1,5 @@
-"""What the benchmark sends: valid batch-1 inputs per model, encoded for each API.
+"""What the benchmark sends: valid batch-1 inputs per model, encoded for each API; and
+the in-process floor, ONNX Runtime alone on the same inputs.
 
 Inputs come from model.json (golden cases first, then seeded random rows that the
 contract allows) or, for a foreign KServe v2 server, from ModelMetadata alone.
@@ -8,6 +9,7 @@ Protobuf stays in this module and in the response checks below.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,3 +237,48 @@ def check_response(method: str, data: bytes, rows: int = 1) -> str | None:
     if len(msg.results) != rows or not msg.results[0].scores:
         return f"{len(msg.results)} results, expected {rows} with scores"
     return None
+
+
+# ---------------------------------------------------------------------- the floor
+
+
+def open_model(info: ModelInfo, policy: str = "cpu_only", intra_op_threads: int = 1) -> Any:
+    """A services.core.runtime.ModelSession: exactly the services' session options (threads,
+    graph optimisation, no spinning, providers); only the device policy is chosen here."""
+    from services.core.runtime import open_session
+    from services.settings import DevicePolicy
+
+    assert info.spec is not None, "the floor needs the model repository"
+    return open_session(info.spec, DevicePolicy(policy), intra_op_threads)
+
+
+def feeds_for(rows: list[Row], batch: int) -> Row:
+    """`batch` rows (cycling through the pool) stacked into one feed."""
+    return stack([rows[i % len(rows)] for i in range(batch)])
+
+
+def time_calls(session: Any, feeds: Row, duration_s: float, min_calls: int = 50) -> np.ndarray:
+    """Seconds per session.run call, for about duration_s (after a short warm-up)."""
+    for _ in range(10):
+        session.run(feeds)
+    times: list[float] = []
+    clock = time.perf_counter
+    stop = clock() + duration_s
+    while len(times) < min_calls or clock() < stop:
+        t0 = clock()
+        session.run(feeds)
+        times.append(clock() - t0)
+    return np.asarray(times)
+
+
+def floor_point(session: Any, info: ModelInfo, rows: list[Row], batch: int,
+                seconds: float) -> dict[str, Any]:  # fmt: skip
+    """In-process ONNX Runtime at one batch size: per `run` call, and inferences/s."""
+    times = time_calls(session, feeds_for(rows, batch), seconds)
+    ms = times * 1e3
+    return {
+        "model": info.name, "batch": batch, "calls": len(times), "provider": session.provider,
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
+        "inferences_per_s": round(batch * len(times) / float(times.sum()), 1),
+    }  # fmt: skip

@@ -1,5 +1,6 @@
-"""The benchmark: a quick smoke run through `python -m bench` on a tiny MLP made here,
-plus the parsers it relies on. The smoke run starts the real classify service."""
+"""The benchmark on a tiny MLP made here: the harness's launcher with each front end, a
+quick `python -m bench` run and a one-round `python -m bench.peers` run against real
+servers, plus the parsers and the target checks."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def test_perf_analyzer_csv_and_input_data() -> None:
 
 
 def test_targets_flag_misses() -> None:
-    from bench.targets import evaluate
+    from bench.report import targets as evaluate
 
     base = {"p90_ms": 1.0, "errors": {}, "error_count": 0}
     points = [
@@ -199,24 +200,56 @@ def test_targets_flag_misses() -> None:
     assert result["mlp domain/v2 c32 throughput"] is False  # 0.8 < 0.85
 
 
-def test_client_stream_compares_the_client_library_unary_and_streamed(repository: Path) -> None:
-    """bench.client_stream: every mode answers without errors (an error answer raises) and
-    the table has one row per mode."""
-    cmd = [sys.executable, "-m", "bench.client_stream", "--repository", str(repository),
-           "--duration", "0.5", "--rounds", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("frontend", ["aio", "native"])
+def test_launcher_reads_the_ports_file_and_passes_the_front_end(
+    repository: Path, tmp_path: Path, frontend: str
+) -> None:
+    """Port 0: the address comes from the ports file the service writes once bound; the
+    front end goes in as NNSERVE_FRONTEND; stop() ends the process tree."""
+    from bench.harness import front_end, start_service, wait_ready
+
+    server = start_service("classify", repository, tmp_path, ["mlp"], frontend=frontend)
+    try:
+        wait_ready(server, timeout_s=60)
+        port = int(server.address.rpartition(":")[2])
+        assert port > 0 and server.metrics_port > 0
+        assert "nnserve_batch_size" in server.scrape()
+        assert front_end(server) == frontend  # what the service says it runs
+        assert server.process.pid in server.pids()
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+
+
+def test_peers_run_measures_both_front_ends_and_the_no_op_floors(
+    repository: Path, tmp_path: Path
+) -> None:
+    """One short round of `python -m bench.peers` over the servers that need no install:
+    every server answers unary and streamed points without errors, except the native
+    no-op's streams, which it cannot serve (n/a in the table, not a failure)."""
+    out = tmp_path / "results"
+    servers = ["noop", "noop-native", "nnserve", "nnserve-native"]
+    cmd = [
+        sys.executable, "-m", "bench.peers", "--repository", str(repository),
+        "--servers", ",".join(servers), "--rounds", "1", "--concurrency", "2",
+        "--duration", "0.5s", "--warmup", "0.2s", "--no-perf-analyzer", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [
-        line.split()
-        for line in proc.stdout.splitlines()
-        if line.lstrip().startswith(("blocking", "asyncio"))
-    ]
-    assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("blocking", "classify_tabular", "1"),
-        ("blocking", "classify_tabular", "8"),
-        ("blocking", "classify_stream", "8"),
-        ("blocking", "classify_stream", "32"),
-        ("asyncio", "classify_tabular", "8"),
-        ("asyncio", "classify_tabular", "32"),
-    ]
-    assert all(float(r[3].replace(",", "")) > 0 for r in rows)  # requests/s
+    doc = json.loads((out / "peers-latest.json").read_text())
+    assert doc["status"] == dict.fromkeys(servers, "ok")
+    assert doc["front_ends"] == {"nnserve": "aio", "nnserve-native": "native"}
+    points = {(p["client"], p["server"]): p for p in doc["points"]}
+    streamed = [s for s in servers if s != "noop-native"]
+    assert set(points) == {("bench", s) for s in servers} | {("bench-stream", s) for s in streamed}
+    for p in points.values():
+        assert p["rounds"] == 1 and p["error_count"] == 0, p
+        assert p["inferences_per_s"] > 0 and p["server_cpu_us_per_request"] > 0
+        assert "response_check" not in p  # every answer well formed
+    assert "bench-stream" in doc["not_applicable"]["noop-native"]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("client"))
+    for label in ("no-op grpc.aio", "no-op native", "nnserve aio", "nnserve native"):
+        assert label in header
+    streams = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("streams")]
+    assert streams and streams[0][-3] == "n/a"  # the native no-op's column
+    assert (out / "peers-latest-mlp.png").stat().st_size > 0

@@ -1,6 +1,6 @@
 """The peers benchmark's pieces, without installing any peer: the generated Triton and
-MLServer configurations, the table with a peer missing, medians of rounds, and the
-no-op grpc.aio floor served for real and measured by the load generator."""
+MLServer configurations, the table with a peer missing or failing, medians of rounds,
+and both no-op servers answering for real (tests/test_bench.py measures them)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from bench.harness import median_of, start_noop, wait_ready
 from bench.nullserver import noop_response, request_id
-from bench.peers import configs, envs, report
-from bench.peers.run import PeerOptions, loadgen_point, median_of
-from bench.workload import ModelInfo, build_workload, from_repository, sample_rows
+from bench.peers import configs
+from bench.peers.servers import pip_failure
+from bench.report import peers_table
+from bench.workload import ModelInfo, from_repository
 from contract.model import TensorSpec
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -105,114 +107,88 @@ def test_mlserver_settings(repository: Path, tmp_path: Path) -> None:
 def test_pip_failure_names_the_missing_wheel() -> None:
     tail = ["ERROR: Could not find a version that satisfies the requirement mlserver==9.9",
             "ERROR: No matching distribution found for mlserver==9.9"]  # fmt: skip
-    message = envs.pip_failure("mlserver", 1, tail)
+    message = pip_failure("mlserver", 1, tail)
     assert "no installable wheel for mlserver==9.9" in message
-    assert "exit 7" in envs.pip_failure("triton", 7, ["ERROR: disk full"])
+    assert "exit 7" in pip_failure("triton", 7, ["ERROR: disk full"])
 
 
-def _point(server: str, conc: int, ips: float, us: float, client: str = "bench") -> dict[str, Any]:
-    return {"client": client, "server": server, "model": "mlp", "concurrency": conc,
+def _point(server: str, ips: float, us: float, client: str = "bench") -> dict[str, Any]:
+    return {"client": client, "server": server, "model": "mlp", "concurrency": 8,
             "inferences_per_s": ips, "p50_ms": 1000 / ips, "p99_ms": 2000 / ips,
-            "server_cores": 1.0, "client_cores": 0.5, "server_us_per_request": us,
+            "server_cores": 1.0, "client_cores": 0.5, "server_cpu_us_per_request": us,
             "rounds": 3, "error_count": 0}  # fmt: skip
 
 
-def test_table_marks_a_missing_peer_and_computes_ratios() -> None:
+def test_table_has_a_column_per_server_and_says_why_cells_are_empty() -> None:
     doc = {
-        "options": {
-            "models": ["mlp"],
-            "concurrency": [8],
-            "servers": ["noop", "nnserve", "mlserver", "triton"],
-            "rounds": 3,
-        },
-        "status": {
-            "noop": "ok",
-            "nnserve": "ok",
-            "mlserver": "ok",
-            "triton": "unavailable: no Python-backend stub for Python 3.99",
-        },
+        "options": {"models": ["mlp"], "concurrency": [8], "rounds": 3,
+                    "servers": ["noop", "noop-native", "nnserve", "mlserver", "triton"]},
+        "status": {"noop": "ok", "noop-native": "ok", "nnserve": "ok", "mlserver": "ok",
+                   "triton": "unavailable: no Python-backend stub for Python 3.99"},
+        "not_applicable": {"noop-native": {"bench-stream": "no bidirectional streams"}},
         "points": [
-            _point("noop", 8, 8000, 100),
-            _point("nnserve", 8, 4000, 250),
-            _point("mlserver", 8, 1000, 900),
-            {
-                "client": "bench-stream",
-                "server": "mlserver",
-                "model": "mlp",
-                "concurrency": 8,
-                "error": "boom",
-                "rounds": 0,
-            },
+            _point("noop", 8000, 100), _point("noop-native", 16000, 40),
+            _point("nnserve", 4000, 250), _point("mlserver", 1000, 900),
+            _point("noop", 20000, 45, "bench-stream"), _point("nnserve", 9000, 110, "bench-stream"),
+            {"client": "bench-stream", "server": "mlserver", "model": "mlp", "concurrency": 8,
+             "error": "boom", "rounds": 0},
         ],
-        "crashes": [
-            {
-                "server": "nnserve",
-                "exit_code": -11,
-                "log": "nnserve.crash1.log",
-                "log_tail": "...",
-                "signal": "Signal (11) received.",
-            }
-        ],
+        "crashes": [{"server": "nnserve", "exit_code": -11, "log": "nnserve.crash1.log",
+                     "signal": "Signal (11) received."}],
         "machine": {"cpus": 2},
         "pinning": {"client_cpus": [0], "server_cpus": [1]},
-    }
-    text = report.table(doc)
+    }  # fmt: skip
+    text = peers_table(doc)
     lines = text.splitlines()
-    triton = [ln for ln in lines if ln.startswith("bench (grpc.aio)") and "Triton" in ln]
-    assert len(triton) == 1 and "unavailable" in triton[0]
-    assert "no Python-backend stub for Python 3.99" in text
-    noop = next(ln.split() for ln in lines if "no-op" in ln and ln.startswith("bench (grpc"))
-    mls = next(ln.split() for ln in lines if "MLServer" in ln and ln.startswith("bench (grpc"))
-    # no-op: 2x nnserve's throughput, 0.5x its p50; CPU ratio to itself 1.00
-    assert noop[-5:-2] == ["2.00", "0.50", "1.00"]
-    assert mls[-5:-2] == ["0.25", "4.00", "9.00"]
+    header = next(ln for ln in lines if ln.startswith("client"))
+    labels = ["no-op grpc.aio", "no-op native", "nnserve aio", "MLServer 1.7.1",
+              "Triton (Python backend)"]  # fmt: skip
+    assert [header.index(label) for label in labels] == sorted(header.index(lb) for lb in labels)
+    rows = [ln.split() for ln in lines if ln.split()[:1] in (["unary"], ["streams"])]
+    unary, streams = rows
+    # unary, c=8, infer/s: one value per server in column order; Triton could not run
+    assert unary[:3] == ["unary", "8", "infer/s"]
+    assert unary[3:] == ["8,000", "16,000", "4,000", "1,000", "unavailable"]
+    assert streams[3:] == ["20,000", "n/a", "9,000", "failed", "unavailable"]
+    cpu = next(ln.split() for ln in lines if ln.lstrip().startswith("srv us/req"))
+    assert cpu[2:] == ["100", "40", "250", "900", "unavailable"]
+    assert "Triton (Python backend): unavailable: no Python-backend stub for Python 3.99" in text
+    assert "n/a: streams x no-op native: no bidirectional streams" in text
+    assert "failed: streams x MLServer 1.7.1 c=8: boom" in text
+    assert "nnserve aio exited (code -11) during the run and was restarted: Signal (11)" in text
     assert "client side on CPU [0], servers on CPU [1]" in text
-    # A point that failed shows as such, with its reason under the table; a crash too.
-    failed = [ln for ln in lines if ln.startswith("bench, streams") and "MLServer" in ln]
-    assert len(failed) == 1 and "failed" in failed[0]
-    assert "failed: bench, streams x MLServer 1.7.1 c=8: boom" in text
-    assert "nnserve exited (code -11) during the run and was restarted: Signal (11)" in text
 
 
 def test_median_of_rounds() -> None:
-    rounds = [_point("nnserve", 1, v, 100 + v) for v in (1000, 3000, 2000)]
+    rounds = [_point("nnserve", v, 100 + v) for v in (1000, 3000, 2000)]
     m = median_of(rounds)
-    assert m["inferences_per_s"] == 2000 and m["server_us_per_request"] == 2100
+    assert m["inferences_per_s"] == 2000 and m["server_cpu_us_per_request"] == 2100
     assert m["inferences_per_s_range"] == [1000, 3000] and m["rounds"] == 3
     failed = median_of([{"error": "exit 99: no"}])
     assert failed["rounds"] == 0 and failed["error"] == "exit 99: no"
 
 
-def test_noop_floor_serves_and_is_measured(repository: Path, tmp_path: Path) -> None:
-    from bench.loadgen import LoadGenerator
-    from bench.peers.servers import start_noop
-
-    info = from_repository(repository, "mlp")
-    # The load process is spawned first (it imports grpc while the server starts), as in
-    # bench.peers.run; otherwise a busy machine can make it miss a short window.
-    with LoadGenerator(1) as gen:
-        server = start_noop(repository, info, tmp_path)
-        try:
-            with grpc.insecure_channel(server.address) as channel:
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                request = pb.ModelInferRequest(model_name="mlp", id="req-7")
-                response = stub.ModelInfer(request, timeout=5)
-                assert response.id == "req-7"  # echoed for perf_analyzer's async mode
-                assert [o.name for o in response.outputs] == ["probabilities", "logits"]
-                assert len(response.raw_output_contents[0]) == 8  # 1 x 2 FP32
-                config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=5).config
-                assert config.max_batch_size == 48 and list(config.input[0].dims) == [4]
-            workload = build_workload(info, "v2", sample_rows(info, 4))
-            opts = PeerOptions(duration_s=1.0, warmup_s=0.5)
-            point = loadgen_point(gen, server, workload.payloads, workload.method, 2, opts)
-            assert point["requests"] > 0 and point["error_count"] == 0
-            assert point["response_check"] == "ok"
-            assert point["server_us_per_request"] > 0 and point["server_cores"] > 0
-            # Over ModelStreamInfer: the floor echoes each id, so every answer is matched.
-            streamed = loadgen_point(gen, server, workload.payloads, workload.method, 4, opts, 2)
-            assert streamed["requests"] > 0 and streamed["error_count"] == 0
-        finally:
-            server.stop()
+@pytest.mark.parametrize("front", ["aio", "native"])
+def test_noop_servers_answer_fixed_bytes_and_echo_ids(
+    repository: Path, tmp_path: Path, front: str
+) -> None:
+    """Started by the harness (port 0, ports file), ready, ModelInfer answered with
+    nnserve's response shape and the request id echoed for perf_analyzer."""
+    server = start_noop(repository, "mlp", tmp_path, front)
+    try:
+        wait_ready(server, timeout_s=30)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(model_name="mlp", id="req-7")
+            response = stub.ModelInfer(request, timeout=5)
+            assert response.id == "req-7"
+            assert [o.name for o in response.outputs] == ["probabilities", "logits"]
+            assert len(response.raw_output_contents[0]) == 8  # 1 x 2 FP32
+            assert not stub.ModelInfer(pb.ModelInferRequest(model_name="mlp"), timeout=5).id
+            config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=5).config
+            assert config.max_batch_size == 48 and list(config.input[0].dims) == [4]
+    finally:
+        server.stop()
     assert server.process.poll() is not None
 
 
