@@ -51,8 +51,10 @@ SKIP_DIRS = frozenset({".venv", "__pycache__", "node_modules"})
 
 
 def skipped(rel: Path) -> bool:
-    """Generated protobuf modules (protos/*_pb2*.py) are not the project's code."""
-    return rel.parts[0] == "protos" and "_pb2" in rel.name
+    """Not the project's code: generated protobuf modules (protos/*_pb2*.py), and hidden
+    folders (caches such as bench/.cache, where the peers' virtualenvs live)."""
+    hidden = any(part.startswith(".") for part in rel.parts[:-1])
+    return hidden or (rel.parts[0] == "protos" and "_pb2" in rel.name)
 
 
 @dataclass(frozen=True)
