@@ -61,6 +61,8 @@ def serve_workers(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if settings.grpc_port == 0:
         sys.exit("--workers > 1 needs a fixed --grpc-port (workers must share it)")
+    if settings.http_port == 0:
+        sys.exit("--workers > 1 needs a fixed --http-port, or -1 (workers must share it)")
     ctx = multiprocessing.get_context("spawn")
     workers = [
         ctx.Process(target=_worker, args=(settings,), name=f"worker-{i}")
@@ -77,7 +79,8 @@ def serve_workers(settings: Settings) -> None:
         from services.rpc.server import write_ports_file
 
         metrics_port = http.server_address[1] if http is not None else None
-        write_ports_file(settings.ports_file, settings.grpc_port or 0, metrics_port)
+        http_port = settings.http_port if settings.http_port and settings.http_port > 0 else None
+        write_ports_file(settings.ports_file, settings.grpc_port or 0, metrics_port, http_port)
 
     def forward(signum: int, _frame: object) -> None:
         for w in workers:

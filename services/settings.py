@@ -69,6 +69,8 @@ SERVICE_MODELS: dict[str, tuple[str, ...]] = {
     "sequence": ("lstm", "transformer"),
 }
 SERVICE_PORTS: dict[str, tuple[int, int]] = {"classify": (50051, 9091), "sequence": (50052, 9092)}
+# The KServe v2 REST port of each service (services/http/), clear of the ports above.
+SERVICE_HTTP_PORTS: dict[str, int] = {"classify": 8081, "sequence": 8082}
 
 
 class Settings(BaseSettings):
@@ -98,6 +100,11 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = None
     """Prometheus /metrics HTTP port; default 9091 / 9092; 0 picks a free port; -1 disables."""
+
+    http_port: int | None = None
+    """KServe v2 REST (HTTP/1.1) port; default 8081 / 8082, or 0 when grpc_port is 0 (a
+    launcher that picks free ports reads them all from the ports file); 0 picks a free
+    port; -1 disables."""
 
     frontend: Frontend = Frontend.AIO
     """What receives gRPC calls. `native`: pygrpc-native (HTTP/2 and gRPC in Rust, outside
@@ -135,7 +142,8 @@ class Settings(BaseSettings):
     """Requests waiting per model before new ones get RESOURCE_EXHAUSTED."""
 
     max_message_bytes: int = 16 * 1024 * 1024
-    """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED."""
+    """Largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED. Also the
+    largest REST request body (413 before the body is read)."""
 
     max_concurrent_streams: int = 0
     """Concurrent calls per client connection (HTTP/2 streams; 0: gRPC's default, no limit).
@@ -203,8 +211,8 @@ class Settings(BaseSettings):
     default latest:1 in poll mode, all otherwise."""
 
     ports_file: Path | None = None
-    """Write {"grpc_port", "metrics_port", "pid"} as JSON here once the ports are bound
-    (useful with port 0); replaced atomically, so a reader never sees half a file."""
+    """Write {"grpc_port", "metrics_port", "http_port", "pid"} as JSON here once the ports
+    are bound (useful with port 0); replaced atomically, so a reader never sees half a file."""
 
     log_level: str = "INFO"
 
@@ -286,6 +294,12 @@ class Settings(BaseSettings):
             self.grpc_port = grpc_port
         if self.metrics_port is None:
             self.metrics_port = metrics_port
+        if self.http_port is None:
+            # Processes that take a free gRPC port (tests, benchmarks) would collide on a
+            # fixed HTTP port; they learn every port from the ports file.
+            self.http_port = 0 if self.grpc_port == 0 else SERVICE_HTTP_PORTS[self.service]
+        if not -1 <= self.http_port <= 65535:
+            raise ValueError(f"http_port {self.http_port}: expected 0..65535, or -1 (off)")
         if self.models is None:
             self.models = list(SERVICE_MODELS[self.service])
         for name in self.models:

@@ -172,6 +172,18 @@ class Metrics:
             ["model", "version"], registry=r, multiprocess_mode=live,
         )  # fmt: skip
 
+        # The KServe v2 REST port (services/http/): every request, by route template
+        # ("unmatched" for paths no route serves) and HTTP status, so labels stay bounded.
+        self.http_requests = Counter(
+            "nnserve_http_requests", "REST requests answered, by route and HTTP status.",
+            ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.http_request_duration = Histogram(
+            "nnserve_http_request_duration_seconds",
+            "REST request time, headers received to response sent, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
         self.auth_failures = Counter(
             "nnserve_auth_failures", "Calls refused by token authentication or authorisation.",
             ["reason"], registry=r,

@@ -1,8 +1,10 @@
-"""Assemble one gRPC server: registry, batchers, both APIs, health, reflection, metrics.
+"""Assemble one gRPC server: registry, batchers, both APIs, health, reflection, metrics,
+and the KServe v2 REST port (services/http/) on the same data plane.
 
 Start order: bind and serve with health NOT_SERVING, load models (session, goldens,
-warm-up), then SERVING. Stop order: NOT_SERVING, refuse new requests, let queued and
-running ones finish (up to the grace period), stop.
+warm-up), then SERVING. Stop order: NOT_SERVING (REST ready: 503), refuse new requests
+(gRPC UNAVAILABLE, REST 503), let queued and running ones finish (up to the grace
+period), stop both ports.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from services.core.model_control import ModelControl
 from services.core.readiness import Readiness, ServerState
 from services.core.registry import ModelRegistry, ModelVersion
 from services.core.sessions import SessionStore, cancel
+from services.http.app import RestApi
+from services.http.server import HttpServer
 from services.ops.auth import Authenticator
 from services.ops.calls import CallCounter
 from services.ops.metrics import Metrics, exposition_registry, serve_metrics
@@ -140,6 +144,20 @@ class NNServeServer:
             ),
             self.server,
         )
+        self.http_port = 0
+        self.http: HttpServer | None = None
+        if settings.http_port is not None and settings.http_port >= 0:
+            rest = RestApi(
+                self.plane, self.registry, self.readiness, self.metrics, self.control,
+                auth=self.auth, auth_health=settings.auth_health,
+                max_body_bytes=settings.max_message_bytes,
+                max_inflight_body_bytes=settings.max_inflight_bytes,
+            )  # fmt: skip
+            self.http = HttpServer(
+                rest.app(), settings.host, settings.http_port,
+                reuse_port=settings.workers > 1, tls=settings.tls,
+                limit_concurrency=settings.max_concurrent_rpcs,
+            )  # fmt: skip
         self.registry.add_listener(self._on_model_state)
 
     # ------------------------------------------------------------------ health
@@ -183,6 +201,8 @@ class NNServeServer:
             self._metrics_http, self.metrics_port = serve_metrics(
                 exposition_registry(self.metrics), s.host, s.metrics_port
             )
+        if self.http is not None:
+            self.http_port = await self.http.start()
         self._update_overall()
         if self.native is not None:
             await self.native.start()
@@ -191,12 +211,14 @@ class NNServeServer:
         tls = s.tls
         transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
         log.info(
-            "%s service: gRPC (%s%s) on %s:%d, %s front end, metrics on :%d",
+            "%s service: gRPC (%s%s) on %s:%d, %s front end, REST on :%s, metrics on :%d",
             s.service, transport, ", tokens" if self.auth else "", s.host, self.grpc_port,
-            self.frontend, self.metrics_port,
+            self.frontend, self.http_port or "off", self.metrics_port,
         )  # fmt: skip
         if s.ports_file is not None:
-            write_ports_file(s.ports_file, self.grpc_port, self.metrics_port or None)
+            write_ports_file(
+                s.ports_file, self.grpc_port, self.metrics_port or None, self.http_port or None
+            )
         self._sweeper = asyncio.create_task(self.sessions.sweep_forever())
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:
@@ -238,10 +260,14 @@ class NNServeServer:
                 break
             await asyncio.sleep(0.01)
         remaining = max(0.0, deadline - time.monotonic())
-        if self.native is not None:
-            await self.native.stop(remaining)
+        # Both ports close together: REST requests still running get the grace left too.
+        grpc_stopped = (
+            self.native.stop(remaining) if self.native is not None else self.server.stop(remaining)
+        )
+        if self.http is not None:
+            await asyncio.gather(grpc_stopped, self.http.stop(remaining))
         else:
-            await self.server.stop(remaining)
+            await grpc_stopped
         await cancel(self._sweeper)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -255,10 +281,17 @@ class NNServeServer:
         await self.server.wait_for_termination()
 
 
-def write_ports_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+def write_ports_file(
+    path: Path, grpc_port: int, metrics_port: int | None, http_port: int | None = None
+) -> None:
     """The bound ports as JSON (NNSERVE_PORTS_FILE), replaced atomically: a reader sees
-    the old file, no file, or the whole new one."""
-    doc = {"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()}
+    the old file, no file, or the whole new one. A port that is off is null."""
+    doc = {
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "http_port": http_port,
+        "pid": os.getpid(),
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc) + "\n")
     os.replace(tmp, path)
