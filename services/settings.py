@@ -244,8 +244,8 @@ class Settings(BaseSettings):
     """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
 
     plaintext: bool = False
-    """Serve gRPC without TLS on a non-loopback host (e.g. behind a TLS-terminating proxy).
-    Loopback hosts (127.0.0.1, ::1, localhost) are plaintext unless TLS is configured."""
+    """Serve gRPC and REST without TLS on a non-loopback host (e.g. behind a TLS-terminating
+    proxy). Loopback hosts (127.0.0.1, ::1, localhost) are plaintext unless TLS is set."""
 
     tokens_file: Path | None = None
     """JSON file of hashed bearer tokens and their roles; set: every RPC needs a token."""

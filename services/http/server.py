@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from services.ops.tls import TLSFiles
+from services.ops.tls import ContextReloader, TLSFiles
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,10 @@ class HttpServer:
             server_header=False,
             # Connections plus running requests beyond this get 503 from uvicorn itself.
             limit_concurrency=limit_concurrency,
-            ssl_certfile=str(tls.cert) if tls else None,
-            ssl_keyfile=str(tls.key) if tls else None,
-            ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
         )
+        # TLS as on the gRPC port (same files, client certificates when a CA is set),
+        # re-read when the files change; unusable files stop the server here.
+        self.certificates = ContextReloader(tls) if tls is not None else None
         self.server = uvicorn.Server(self.config)
         self._socket: socket.socket | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -85,7 +83,9 @@ class HttpServer:
         sock = bind(self.host, self.port, self._reuse_port)
         self._socket = sock
         config = self.config
-        config.load()  # the TLS context and protocol class; fails here on bad TLS files
+        config.load()  # the protocol class
+        if self.certificates is not None:
+            config.ssl = self.certificates.context
         self.server.lifespan = config.lifespan_class(config)
         await self.server.startup(sockets=[sock])
         self.port = sock.getsockname()[1]

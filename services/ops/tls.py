@@ -1,4 +1,5 @@
-"""Transport security: TLS and mutual TLS for the gRPC port, with certificate rotation.
+"""Transport security: TLS and mutual TLS for the gRPC and REST ports, with certificate
+rotation.
 
 - TLS when NNSERVE_TLS_CERT + NNSERVE_TLS_KEY are set; with NNSERVE_TLS_CLIENT_CA the
   server also requires a client certificate signed by that CA (mutual TLS).
@@ -114,6 +115,62 @@ class CertificateReloader:
             self._rejected = stamp
             log.warning("TLS certificate reload skipped, previous files stay in use: %s", err)
             return None
+
+
+class ContextReloader:
+    """An ssl.SSLContext for the REST port that follows the files as CertificateReloader
+    does for gRPC: each new handshake compares the files' stamps, and when they changed
+    and the new pair is usable, that connection and later ones get a context built from
+    the new files (the swap happens in the ClientHello callback, before any certificate
+    is sent). Open connections keep theirs; a bad or half-written pair is logged once and
+    the previous context stays."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        try:
+            self._stamp = _stamp(files.paths)
+            _read_checked(files)
+            self.context = self._build()
+        except (OSError, ssl.SSLError) as err:
+            raise TLSConfigError(f"TLS files unusable: {err}") from None
+        self._rejected: _Stamp | None = None
+        self.reloads = 0
+
+    def _build(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.files.cert, self.files.key)
+        if self.files.client_ca:
+            context.load_verify_locations(cafile=str(self.files.client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        context.sni_callback = self._hello  # called for every ClientHello, SNI or not
+        return context
+
+    def _hello(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, old: ssl.SSLContext
+    ) -> None:
+        current = self.current()
+        if current is not old:
+            connection.context = current
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection, rebuilt when the files changed. Never raises
+        (an exception here would fail the handshake)."""
+        stamp: _Stamp | None = None
+        try:
+            with self._lock:
+                stamp = _stamp(self.files.paths)
+                if stamp in (self._stamp, self._rejected):
+                    return self.context
+                _read_checked(self.files)
+                self.context = self._build()
+                self._stamp = stamp
+                self.reloads += 1
+            log.info("TLS certificate files changed: new REST connections use the new files")
+        except (OSError, ssl.SSLError, TLSConfigError) as err:
+            self._rejected = stamp
+            log.warning("REST TLS reload skipped, previous files stay in use: %s", err)
+        return self.context
 
 
 def server_credentials(files: TLSFiles) -> tuple[grpc.ServerCredentials, CertificateReloader]:
