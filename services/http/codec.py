@@ -229,8 +229,8 @@ def _from_json(tensor: InputTensor, tspec: TensorSpec, count: int) -> np.ndarray
     elif dtype.kind in "iu":  # integers, in range: never a silent truncation or wrap
         info = np.iinfo(dtype)
         ok = kind in "iu" and info.min <= int(array.min()) and int(array.max()) <= info.max
-    else:
-        ok = kind in "iuf"
+    else:  # floats: integers too (JSON writes 1.0 as 1), within the type's range
+        ok = kind in "iuf" and float(np.abs(array).max()) <= float(np.finfo(dtype).max)
     if not ok:
         raise InvalidInput(
             f"input {name!r}: data does not fit {tspec.datatype} (values of the wrong type "
