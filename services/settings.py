@@ -102,9 +102,10 @@ class Settings(BaseSettings):
     """Prometheus /metrics HTTP port; default 9091 / 9092; 0 picks a free port; -1 disables."""
 
     http_port: int | None = None
-    """KServe v2 REST (HTTP/1.1) port; default 8081 / 8082, or 0 when grpc_port is 0 (a
-    launcher that picks free ports reads them all from the ports file); 0 picks a free
-    port; -1 disables."""
+    """KServe v2 REST (HTTP/1.1) port; 0 picks a free port; -1 disables. Unset, it follows
+    grpc_port: 8081 / 8082 while grpc_port is the service's default, 0 when grpc_port is 0
+    (launchers read every port from the ports file), off when grpc_port is another port
+    (several servers on one host: give each its http_port too)."""
 
     frontend: Frontend = Frontend.AIO
     """What receives gRPC calls. `native`: pygrpc-native (HTTP/2 and gRPC in Rust, outside
@@ -290,14 +291,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _service_defaults(self) -> Settings:
         grpc_port, metrics_port = SERVICE_PORTS[self.service]
+        if self.http_port is None:
+            # A fixed REST port beside a port chosen for gRPC would collide between the
+            # servers of one host (replicas, benchmarks, tests): follow grpc_port instead.
+            if self.grpc_port in (None, grpc_port):
+                self.http_port = SERVICE_HTTP_PORTS[self.service]
+            else:
+                self.http_port = 0 if self.grpc_port == 0 else -1
         if self.grpc_port is None:
             self.grpc_port = grpc_port
         if self.metrics_port is None:
             self.metrics_port = metrics_port
-        if self.http_port is None:
-            # Processes that take a free gRPC port (tests, benchmarks) would collide on a
-            # fixed HTTP port; they learn every port from the ports file.
-            self.http_port = 0 if self.grpc_port == 0 else SERVICE_HTTP_PORTS[self.service]
         if not -1 <= self.http_port <= 65535:
             raise ValueError(f"http_port {self.http_port}: expected 0..65535, or -1 (off)")
         if self.models is None:

@@ -559,7 +559,10 @@ def test_drain_finishes_accepted_requests_and_refuses_new_ones_with_503(
 def test_http_port_defaults_ports_file_and_off(model_repository: Path, tmp_path: Path) -> None:
     assert Settings(service="classify").http_port == 8081
     assert Settings(service="sequence").http_port == 8082
+    assert Settings(service="sequence", grpc_port=50052).http_port == 8082
     assert Settings(grpc_port=0).http_port == 0  # free ports all round (tests, launchers)
+    assert Settings(grpc_port=7001).http_port == -1  # chosen ports: choose this one too
+    assert Settings(grpc_port=7001, http_port=7101).http_port == 7101
     with pytest.raises(ValidationError):
         Settings(http_port=70000)
     ports = tmp_path / "ports.json"
