@@ -34,7 +34,7 @@ endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick bench-peers soak perf-analyzer gpu-check fuzz clean images image-serving \
+        protos bench bench-quick bench-peers bench-results soak perf-analyzer gpu-check fuzz clean images image-serving \
         image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
@@ -118,6 +118,9 @@ bench-quick: models    ## a one-minute smoke benchmark of the mlp
 
 bench-peers: models    ## mlp on the no-op gRPC floor, nnserve, MLServer and Triton (peer envs made on first use)
 	$(PY) -m bench.peers --repository $(REPOSITORY)
+
+bench-results: models  ## bench-peers, then its report written to docs/benchmark-results.md (the published results)
+	$(PY) -m bench.peers --repository $(REPOSITORY) --page docs/benchmark-results.md
 
 soak: models           ## 10 minutes of load on the mlp: resident memory growth
 	$(PY) -m bench --repository $(REPOSITORY) --soak 600

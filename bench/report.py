@@ -144,11 +144,14 @@ FIGURES = (("infer/s", "inferences_per_s", 0), ("p50 ms", "p50_ms", 3),
            ("srv us/req", "server_cpu_us_per_request", 0))  # fmt: skip
 
 
-def peers_table(doc: dict[str, Any]) -> str:
+def peers_table(
+    doc: dict[str, Any], markdown: bool = False, images: dict[str, str] | None = None
+) -> str:
     """Per model: one column per server; per client and concurrency, rows of throughput,
     p50 and server CPU per request (medians of rounds). A cell says `unavailable` (the
     server could not run), `n/a` (it cannot serve this client) or `failed`; why is said
-    under the table."""
+    under the table. `markdown`: a section per model (with its plot from `images`, model ->
+    path) and the notes as a list."""
     status: dict[str, str] = doc.get("status", {})
     servers = [s for s in SERVERS if s in doc["options"]["servers"]]
     key = {(p["client"], p["server"], p["model"], p["concurrency"]): p for p in doc["points"]}
@@ -176,31 +179,77 @@ def peers_table(doc: dict[str, Any]) -> str:
                         else:
                             row.append(fmt(p.get(field), digits))
                     rows.append(row)
-        parts.append(f"{model}: KServe v2 batch 1 (unary: ModelInfer; streams: ModelStreamInfer), "
-                     f"medians of {doc['options']['rounds']} rounds")  # fmt: skip
-        parts.append(
-            table(["client", "conc", "figure", *(LABELS[s] for s in servers)], rows, left=3)
-        )
-    parts.extend(f"{LABELS[s]}: {status[s]}" for s in servers if status.get(s, "ok") != "ok")
+        what = (f"KServe v2 batch 1 (unary: ModelInfer; streams: ModelStreamInfer), medians "
+                f"of {doc['options']['rounds']} rounds")  # fmt: skip
+        header = ["client", "conc", "figure", *(LABELS[s] for s in servers)]
+        if not markdown:
+            parts.extend([f"{model}: {what}", table(header, rows, left=3)])
+            continue
+        parts += [f"## {model}", "", f"{what}.", "", table(header, rows, markdown=True), ""]
+        if images and model in images:
+            parts += [f"![{model}: throughput, p50 and server CPU per request vs concurrency, "
+                      f"per server and client]({images[model]})", ""]  # fmt: skip
+    notes: list[str] = []
+    notes.extend(f"{LABELS[s]}: {status[s]}" for s in servers if status.get(s, "ok") != "ok")
     for s, why in not_applicable.items():
-        parts.extend(
+        notes.extend(
             f"n/a: {CLIENTS[c]} x {LABELS[s]}: {r}" for c, r in why.items() if c in clients
         )
-    parts.extend(f"failed: {f}" for f in failures)
+    notes.extend(f"failed: {f}" for f in failures)
     for crash in doc.get("crashes", []):
-        why = crash.get("signal") or "see " + crash["log"]
-        parts.append(f"{LABELS[crash['server']]} exited (code {crash['exit_code']}) during the "
-                     f"run and was restarted: {why}")  # fmt: skip
+        log = Path(crash["log"]).name if markdown else crash["log"]  # no temporary paths
+        reason = crash.get("signal") or "see " + log
+        notes.append(f"{LABELS[crash['server']]} exited (code {crash['exit_code']}) during the "
+                     f"run and was restarted: {reason}")  # fmt: skip
     pin = doc.get("pinning")
     where = "not pinned: client and servers share every CPU"
     if pin:
         where = (
             f"pinned: client side on CPU {pin['client_cpus']}, servers on CPU {pin['server_cpus']}"
         )
-    parts.append(f"{where}; {_machine_line(doc)}")
-    parts.append("srv us/req: server CPU per request answered in the window (perf_analyzer: "
+    notes.append(f"{where}; {_machine_line(doc)}")
+    notes.append("srv us/req: server CPU per request answered in the window (perf_analyzer: "
                  "over its whole run / its stable throughput)")  # fmt: skip
-    return "\n".join(parts)
+    if markdown:
+        notes = [f"- {' '.join(n.splitlines())}" for n in notes]
+        return "\n".join([*parts, "## Notes", "", *notes])
+    return "\n".join(parts + notes)
+
+
+def peers_page(doc: dict[str, Any], command: str, images: dict[str, str] | None = None) -> str:
+    """The results page (docs/benchmark-results.md): what was run, when, where and on which
+    commit, then the markdown tables; `images`: model -> plot path relative to the page."""
+    m = doc.get("machine", {})
+    commit = m.get("git_commit") or "unknown"
+    if m.get("services_commit"):
+        commit += f" (last change to services/: {m['services_commit']})"
+    if m.get("services_uncommitted"):
+        commit += ", with uncommitted changes to services/"
+    versions = ", ".join(f"{k} {m[k]}" for k in ("python", "grpcio", "onnxruntime") if m.get(k))
+    fronts = ", ".join(f"{LABELS[s]}: {f}" for s, f in doc.get("front_ends", {}).items())
+    machine = f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} CPUs" + (versions and "; ")
+    rows = [
+        ["date", f"{doc.get('started_at', '?')} to {doc.get('finished_at', '?')} (UTC)"],
+        ["machine", machine + versions],
+        ["commit", commit],
+        ["command", f"`{command}`"],
+        ["perf_analyzer", doc.get("perf_analyzer_version") or doc.get("perf_analyzer_status")
+         or "not run"],
+    ]  # fmt: skip
+    if fronts:
+        rows.append(["front ends (as each nnserve server reported)", fronts])
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench-results` (`python -m bench.peers ... --page "
+        "docs/benchmark-results.md`); rerun it rather than edit this page. What each figure "
+        "measures and how to read the tables: [benchmarks.md](benchmarks.md).",
+        "",
+        table(["run", ""], rows, markdown=True),
+        "",
+        peers_table(doc, markdown=True, images=images),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- plots

@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from bench.harness import median_of, start_noop, wait_ready
 from bench.nullserver import noop_response, request_id
 from bench.peers import configs
+from bench.peers.__main__ import write_page
 from bench.peers.servers import pip_failure
 from bench.report import peers_table
 from bench.workload import ModelInfo, from_repository
@@ -119,8 +120,10 @@ def _point(server: str, ips: float, us: float, client: str = "bench") -> dict[st
             "rounds": 3, "error_count": 0}  # fmt: skip
 
 
-def test_table_has_a_column_per_server_and_says_why_cells_are_empty() -> None:
-    doc = {
+def _doc() -> dict[str, Any]:
+    """A peers run's document: Triton unavailable, the native no-op without streams, a
+    failed point and a crash."""
+    return {
         "options": {"models": ["mlp"], "concurrency": [8], "rounds": 3,
                     "servers": ["noop", "noop-native", "nnserve", "mlserver", "triton"]},
         "status": {"noop": "ok", "noop-native": "ok", "nnserve": "ok", "mlserver": "ok",
@@ -138,7 +141,10 @@ def test_table_has_a_column_per_server_and_says_why_cells_are_empty() -> None:
         "machine": {"cpus": 2},
         "pinning": {"client_cpus": [0], "server_cpus": [1]},
     }  # fmt: skip
-    text = peers_table(doc)
+
+
+def test_table_has_a_column_per_server_and_says_why_cells_are_empty() -> None:
+    text = peers_table(_doc())
     lines = text.splitlines()
     header = next(ln for ln in lines if ln.startswith("client"))
     labels = ["no-op grpc.aio", "no-op native", "nnserve aio", "MLServer 1.7.1",
@@ -157,6 +163,41 @@ def test_table_has_a_column_per_server_and_says_why_cells_are_empty() -> None:
     assert "failed: streams x MLServer 1.7.1 c=8: boom" in text
     assert "nnserve aio exited (code -11) during the run and was restarted: Signal (11)" in text
     assert "client side on CPU [0], servers on CPU [1]" in text
+
+
+def test_results_page_is_markdown_with_what_ran_where(tmp_path: Path) -> None:
+    """--page: header (date, machine, commit, command), one markdown table per model, the
+    notes as a list and the plot copied beside the page."""
+    doc = _doc()
+    doc.update(started_at="2026-12-06T03:00:00+00:00", finished_at="2026-12-06T03:20:00+00:00")
+    doc["options"].update(plots=True)
+    doc["machine"].update(cpu_model="Test CPU", python="3.11.7", git_commit="abc1234",
+                          services_commit="abc1234 services: a change")  # fmt: skip
+    doc["crashes"][0]["log"] = "/tmp/nnserve-peers-x/nnserve.crash1.log"
+    doc["crashes"][0]["signal"] = ""
+    doc["files"] = []
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "peers-latest-mlp.png").write_bytes(b"png")
+    page = tmp_path / "docs" / "benchmark-results.md"
+    argv = ["--repository", "model_repository", "--page", "docs/benchmark-results.md"]
+    write_page(doc, page, argv, out)
+    text = page.read_text()
+    assert text.startswith("# Benchmark results\n")
+    for expected in (
+        "| date | 2026-12-06T03:00:00+00:00 to 2026-12-06T03:20:00+00:00 (UTC) |",
+        "| machine | Test CPU, 2 CPUs; python 3.11.7 |",
+        "| commit | abc1234 (last change to services/: abc1234 services: a change) |",
+        "| command | `python -m bench.peers --repository model_repository --page ",
+    ):
+        assert expected in text, expected  # fmt: skip
+    header = "| client | conc | figure | no-op grpc.aio | no-op native | nnserve aio |"
+    assert header in text
+    assert "| unary | 8 | infer/s | 8,000 | 16,000 | 4,000 | 1,000 | unavailable |" in text
+    assert "- failed: streams x MLServer 1.7.1 c=8: boom" in text
+    assert "restarted: see nnserve.crash1.log" in text and "/tmp/" not in text
+    assert "![mlp: " in text and "(images/peers-mlp.png)" in text
+    assert (page.parent / "images" / "peers-mlp.png").read_bytes() == b"png"
 
 
 def test_median_of_rounds() -> None:

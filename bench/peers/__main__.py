@@ -3,6 +3,7 @@
 python -m bench.peers --repository model_repository              # mlp, 3 rounds
 python -m bench.peers --servers noop,nnserve --rounds 1 --no-perf-analyzer   # no installs
 python -m bench.peers --setup-only                               # build the peer envs
+python -m bench.peers --page docs/benchmark-results.md           # + the results page
 
 Servers: noop and noop-native (bench.nullserver on grpc.aio and on pygrpc-native's
 NativeGrpcFront: fixed answers, the floor of a Python gRPC server), nnserve and
@@ -18,8 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.__main__ import duration, int_list, name_list
 from bench.peers import SERVERS
@@ -52,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
         "(bench streams, perf_analyzer --streaming); 0: unary only")
     add("--no-plots", dest="plots", action="store_false")
     add("--out", type=Path, default=Path("bench/results"))
+    add("--page", type=Path, default=None,
+        help="also write the report as a markdown page here (date, machine, commit, command, "
+        "tables), its plots in images/ beside it; e.g. docs/benchmark-results.md")
     add("--setup-only", action="store_true", help="create (or check) the peer environments")
     add("--log-level", default="INFO")
     # fmt: on
@@ -59,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")  # fmt: skip
@@ -86,8 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(PeerOptions)} & set(vars(args))
     doc = run(PeerOptions(**{name: getattr(args, name) for name in fields}))
     print(report.peers_table(doc))
+    if args.page is not None:
+        doc["files"].append(str(write_page(doc, args.page, argv, args.out)))
     print("results: " + ", ".join(doc["files"]))
     return 0
+
+
+def write_page(doc: dict[str, Any], page: Path, argv: list[str], out: Path) -> Path:
+    """The markdown report at `page`, each model's plot (from `out`, when plots were made)
+    copied to images/peers-<model>.png beside it."""
+    from bench import report
+
+    images = {}
+    for model in doc["options"]["models"]:
+        plot = out / f"peers-latest-{model}.png"
+        if doc["options"]["plots"] and plot.is_file():
+            (page.parent / "images").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plot, page.parent / "images" / f"peers-{model}.png")
+            images[model] = f"images/peers-{model}.png"
+    command = shlex.join(["python", "-m", "bench.peers", *argv])
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(report.peers_page(doc, command, images))
+    return page
 
 
 if __name__ == "__main__":
