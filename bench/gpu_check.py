@@ -81,7 +81,7 @@ THROUGHPUT_MODELS = ("mlp", "transformer")
 
 class Check:
     """One run of the check: PASS / FAIL / INFO lines as they happen, what was measured,
-    and markdown tables for docs/benchmarks.md."""
+    and the same tables in markdown, headed by the machine and versions."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

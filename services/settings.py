@@ -218,9 +218,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
-    """The event loop the gRPC server runs on: uvloop (libuv; measured 0-9% more unary and
-    10-13% more streamed requests per second than asyncio's, docs/benchmarks.md) or
-    asyncio's own."""
+    """The event loop the gRPC server runs on: uvloop (libuv) or asyncio's own."""
 
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line with the request id and trace id of the call."""

@@ -37,8 +37,7 @@ def default_threads() -> int:
     """Torch intra-op threads for training (env NNSERVE_TRAIN_THREADS overrides).
 
     One: these models are tiny, so extra threads buy little, and on a shared machine
-    OpenMP threads that spin-wait for a busy core made training up to 50x slower
-    (MLP: 4 s with 1 thread, 250 s with 2 while other jobs held both cores).
+    OpenMP threads that spin-wait for a busy core slow training down many times over.
     """
     env = os.environ.get("NNSERVE_TRAIN_THREADS")
     return max(1, int(env)) if env else 1

@@ -2,7 +2,7 @@
 
 A lean replacement for ThreadPoolExecutor + run_in_executor on the hot path: one C-level
 SimpleQueue in, one call_soon_threadsafe out, no concurrent.futures.Future to wrap.
-At ~5 microseconds of model compute, the hand-off is most of the cost of a request.
+The models are small, so the hand-off's own cost counts: it is kept to these two steps.
 """
 
 from __future__ import annotations
