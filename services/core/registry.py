@@ -1,11 +1,12 @@
 """Model lifecycle: load (session, golden check, warm-up), versions, retire, unload.
 
-Discovery lives in repository.py; readiness rules in readiness.py; who may change the
-served models, and when, in model_control.py. A loaded model is one immutable
-LoadedModel built here, in one place; a version record holds it beside its state. A
-version that fails to load or fails its goldens stays visible with state FAILED and the
-reason, and never serves. Which versions serve follows the version policy (`_sync`); a
-version taken out of service is first made unresolvable, then drained (`_retire`).
+Discovery is the repository scan of contract/model.py; readiness rules live in
+readiness.py; who may change the served models, and when, in model_control.py. A loaded
+model is one immutable LoadedModel built here, in one place; a version record holds it
+beside its state. A version that fails to load or fails its goldens stays visible with
+state FAILED and the reason, and never serves. Which versions serve follows the version
+policy (`_sync`); a version taken out of service is first made unresolvable, then drained
+(`_retire`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """inference.GRPCInferenceService: KServe v2 / Open Inference Protocol + Triton's superset.
 
-Thin: each handler decodes with the codec, runs inside a data-plane request scope, and
-encodes; readiness questions go to readiness.py, lifecycle ones to the registry.
+Thin: each inference handler runs an endpoint (rpc/endpoints.py) inside a data-plane
+request scope, which resolves the model before the codec decodes against it; readiness
+questions go to core/readiness.py, lifecycle ones to the registry.
 """
 
 from __future__ import annotations
