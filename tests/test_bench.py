@@ -233,6 +233,7 @@ def test_peers_run_measures_both_front_ends_and_the_no_op_floors(
         sys.executable, "-m", "bench.peers", "--repository", str(repository),
         "--servers", ",".join(servers), "--rounds", "1", "--concurrency", "2",
         "--duration", "0.5s", "--warmup", "0.2s", "--no-perf-analyzer", "--out", str(out),
+        "--page", str(tmp_path / "docs" / "benchmark-results.md"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -253,3 +254,10 @@ def test_peers_run_measures_both_front_ends_and_the_no_op_floors(
     streams = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("streams")]
     assert streams and streams[0][-3] == "n/a"  # the native no-op's column
     assert (out / "peers-latest-mlp.png").stat().st_size > 0
+    # --page: the markdown report, headed by what ran where, with the plot beside it
+    page = (tmp_path / "docs" / "benchmark-results.md").read_text()
+    assert page.startswith("# Benchmark results") and "| command | `python -m bench.peers " in page
+    assert f"| commit | {doc['machine']['git_commit']}" in page
+    assert "| client | conc | figure | no-op grpc.aio | no-op native | nnserve aio |" in page
+    assert "(images/peers-mlp.png)" in page
+    assert (tmp_path / "docs" / "images" / "peers-mlp.png").stat().st_size > 0
