@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.drift import DriftReference, parse_reference
+
 log = logging.getLogger(__name__)
 
 # KServe v2 datatype names <-> numpy dtypes (little-endian on the wire). The datatypes a
@@ -189,6 +191,9 @@ class ModelSpec:
     model_json: str = ""  # the file as read, for DescribeModel / ModelConfig
     step: StepSpec | None = None  # sequence models that can score a stream event by event
     explain: ExplainSpec | None = None  # the optional explain graph (model.json "explain")
+    # The training inputs' spread (model.json "drift_reference"); None for models
+    # exported without one, which then get no drift score.
+    drift: DriftReference | None = None
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -453,6 +458,7 @@ def _parse(doc: dict[str, Any], text: str, directory: Path, name: str, version: 
         outputs=ex_outputs,
         sequence=replace(sequence, attention_output=attention),
         step=None,  # the step graph belongs to the model, not to its explain graph
+        drift=None,  # so does the drift reference
         goldens=cases_from_json(
             list(ex["goldens"]["cases"]), inputs + ex_outputs, f"{where} explain golden"
         ),
@@ -482,6 +488,10 @@ def _parse_main(
     step = _step(doc["step"], directory, f"{where} step") if doc.get("step") else None
     if step is not None and sequence is None:
         raise ModelLoadError(f"{where}: a step model needs the sequence task")
+    drift_doc = doc.get("drift_reference")
+    drift = None
+    if drift_doc is not None:
+        drift = parse_reference(drift_doc, {t.name: t.shape for t in inputs})
     return ModelSpec(
         name=name,
         version=version,
@@ -507,6 +517,7 @@ def _parse_main(
         metrics=doc.get("metrics") or {},
         model_json=text,
         step=step,
+        drift=drift,
     )
 
 

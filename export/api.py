@@ -15,6 +15,7 @@ import onnx
 import onnxruntime
 import torch
 
+from contract.drift import parse_reference
 from contract.model import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -160,6 +161,8 @@ def export_model(
         ex_module, ex_spec = ex.module(model), ex.signature(meta)
         ex_goldens = ex.golden_cases(ex_module, ex_spec, data, meta, seed)
         explain = _checked_graph(ex_module, ex_spec, ex_goldens, ckpt, opset, atol, rtol)
+    # The training split's spread per input feature, for the services' drift score.
+    drift = recipe.drift_reference(spec, data) if recipe.drift_reference else None
 
     repo = Path(repository_dir)
     with repository.staging(repo, name) as stage:
@@ -204,11 +207,18 @@ def export_model(
             },
             step=step_doc,
             explain=explain_doc,
+            drift_reference=drift,
         )
         text = manifest.dumps(document)
         # Check what the services will read: the JSON text, decoded again.
         reread = json.loads(text)
         manifest.validate(reread)
+        if "drift_reference" in reread:  # as the services will parse it
+            shapes = {t.name: t.shape for t in spec.inputs}
+            try:
+                parse_reference(reread["drift_reference"], shapes)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ExportError(f"{name}: drift_reference does not parse: {exc}") from exc
         _recheck(main, reread["goldens"], atol, rtol, name)
         onnx_docs = [reread["onnx"]]
         if explain is not None:

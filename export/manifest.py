@@ -78,6 +78,7 @@ def build(
     goldens: dict[str, Any],
     step: dict[str, Any] | None = None,
     explain: dict[str, Any] | None = None,
+    drift_reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = checkpoint["data"]
     document = {
@@ -102,6 +103,8 @@ def build(
         document["explain"] = explain
     if step is not None:
         document["step"] = step
+    if drift_reference is not None:
+        document["drift_reference"] = drift_reference
     return document
 
 

@@ -72,6 +72,9 @@ class Recipe:
     monitor_mode: str = "max"  # "max": higher monitor is better; "min": lower (a loss)
     step: StepRecipe | None = None  # families that can score a stream event by event
     explainer: Explainer | None = None  # an explain graph beside the main one
+    # model.json "drift_reference": the training split's spread per input feature
+    # (training/drift.py); None exports none, and the services then score no drift.
+    drift_reference: Callable[[Signature, Dataset], dict[str, Any]] | None = None
 
 
 def not_exported(*_args: Any) -> NoReturn:

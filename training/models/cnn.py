@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import goldens, signatures
+from training import drift, goldens, signatures
 from training.config import TrainConfig
 from training.data.digits import DigitsData, load_digits_data
 from training.recipe import Batch, Dataset, LossFn, Recipe
@@ -120,4 +120,5 @@ RECIPE = Recipe(
     quality_bar=("accuracy", 0.97),
     signature=signatures.image,
     golden_cases=goldens.image,
+    drift_reference=drift.image,
 )

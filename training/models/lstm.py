@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from contract.model import Signature
-from training import goldens, signatures
+from training import drift, goldens, signatures
 from training.models.sequence import (
     SequenceConfig,
     load_data,
@@ -156,6 +156,7 @@ RECIPE = Recipe(
     quality_bar=("f1", 0.95),
     signature=signatures.token_sequence,
     golden_cases=goldens.token_sequence,
+    drift_reference=drift.token_sequence,
     step=StepRecipe(
         module=step_model,
         signature=step_signature,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training import goldens, signatures
+from training import drift, goldens, signatures
 from training.config import TrainConfig
 from training.models import perceptron
 from training.normalize import Standardize
@@ -100,5 +100,6 @@ RECIPE = Recipe(
     quality_bar=("accuracy", 0.97),
     signature=signatures.tabular,
     golden_cases=goldens.tabular,
+    drift_reference=drift.tabular,
     extra=baseline,
 )

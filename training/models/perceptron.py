@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import goldens, signatures
+from training import drift, goldens, signatures
 from training.config import TrainConfig
 from training.data.loans import make_loans
 from training.metrics import accuracy, binary_prf
@@ -132,4 +132,5 @@ RECIPE = Recipe(
     quality_bar=("accuracy", 0.95),
     signature=functools.partial(signatures.tabular, second_output="margin", second_width=1),
     golden_cases=functools.partial(goldens.tabular, keep=clear_of_step),
+    drift_reference=drift.tabular,
 )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import goldens, signatures
+from training import drift, goldens, signatures
 from training.models.sequence import (
     SequenceConfig,
     is_last_position,
@@ -275,6 +275,7 @@ RECIPE = Recipe(
     quality_bar=("f1", 0.95),
     signature=signatures.token_sequence,
     golden_cases=goldens.token_sequence,
+    drift_reference=drift.token_sequence,
     explainer=Explainer(
         signature=signatures.token_sequence_attention,
         module=explainer,
