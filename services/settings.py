@@ -197,6 +197,15 @@ class Settings(BaseSettings):
     max_stream_events: int = Field(default=256, ge=1)
     """Events one Stream message may carry; more get INVALID_ARGUMENT."""
 
+    drift_window: int = Field(default=2000, ge=0, le=1_000_000)
+    """Input drift: rows (a tabular row, an image, a sequence) of each model version's
+    sliding window of live inputs, scored against its training inputs as
+    nnserve_input_drift (docs/metrics.md, "Input drift"); 0 turns it off. Memory: bin
+    counts only, 8 x (bins of all features) int64 per version, whatever the window."""
+
+    drift_interval_seconds: float = Field(default=5.0, ge=0.05, le=3600)
+    """Input drift: seconds between recomputing nnserve_input_drift from the windows."""
+
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
 

@@ -186,7 +186,11 @@ class Request:
         self._bytes = size
         self._infer_start = time.perf_counter()
         runner = batcher or self.model.batcher
-        return runner.submit(inputs, self._rows, self._deadline, self._timing, dispatch)
+        future = runner.submit(inputs, self._rows, self._deadline, self._timing, dispatch)
+        drift = self.model.drift
+        if drift is not None:  # accepted: its inputs join the drift window (a few µs)
+            drift.observe(inputs, self._rows)
+        return future
 
     def inferred(self) -> None:
         """The outputs arrived (stage timing: what follows is encoding)."""

@@ -25,6 +25,7 @@ from services.batching.adaptive import AdaptiveBatching
 from services.batching.batcher import Batcher
 from services.batching.merge import BatchLayout
 from services.batching.threads import InferenceThreads
+from services.core.drift import DriftWindow
 from services.core.names import check_model_name, check_version, inside
 from services.core.runtime import (
     ModelSession,
@@ -77,6 +78,8 @@ class LoadedModel:
     stepper: Stepper | None = None  # the step graph, for streaming sessions (model.json step)
     # The explain graph's batcher (model.json "explain"); only explain requests use it.
     explainer: Batcher | None = None
+    # Live inputs against the training inputs (model.json "drift_reference"), if any.
+    drift: DriftWindow | None = None
 
     @property
     def batchers(self) -> tuple[Batcher, ...]:
@@ -416,6 +419,8 @@ class ModelRegistry:
         for provider, timings in session.placement.items():
             for rows, seconds in timings.items():
                 self._metrics.placement.labels(name, v, provider, str(rows)).set(seconds)
+        window = self._settings.drift_window
+        drift = DriftWindow(spec.drift, window) if spec.drift is not None and window else None
         return LoadedModel(
             spec,
             config,
@@ -425,6 +430,7 @@ class ModelRegistry:
             single_row,
             stepper=stepper,
             explainer=explainer,
+            drift=drift,
         )
 
     def _batcher(
@@ -500,3 +506,11 @@ class ModelRegistry:
 
     def busy(self) -> bool:
         return any(mv.model is not None and mv.model.busy for mv in self.all_versions())
+
+    def drift_windows(self) -> list[tuple[str, int, DriftWindow]]:
+        """(name, version, window) of every ready version that scores input drift."""
+        return [
+            (mv.name, mv.version, mv.model.drift)
+            for mv in self.all_versions()
+            if mv.ready and mv.model is not None and mv.model.drift is not None
+        ]

@@ -125,6 +125,13 @@ class Metrics:
             "(max_queue_delay, or the closed-loop controller's current delay).",
             ["model", "version"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.input_drift = Gauge(
+            "nnserve_input_drift",
+            "Population stability index of live inputs (the last drift_window rows) against "
+            "the training inputs, per feature: < 0.1 stable, 0.1-0.25 moderate, > 0.25 "
+            "significant.",
+            ["model", "version", "feature"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r,

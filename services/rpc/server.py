@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
 from services.batching.threads import InferenceThreads
 from services.core.dataplane import DataPlane, Limits
+from services.core.drift import DriftExporter
 from services.core.model_control import ModelControl
 from services.core.readiness import Readiness, ServerState
 from services.core.registry import ModelRegistry, ModelVersion
@@ -87,6 +88,10 @@ class NNServeServer:
             settings.session_ttl_seconds, settings.max_sessions, self.metrics
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self.drift = DriftExporter(
+            self.registry.drift_windows, self.metrics.input_drift, settings.drift_interval_seconds
+        )
+        self._drift_task: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.control = ModelControl(settings, self.registry, self._health_settled)
         self.grpc_port = 0
@@ -220,6 +225,8 @@ class NNServeServer:
                 s.ports_file, self.grpc_port, self.metrics_port or None, self.http_port or None
             )
         self._sweeper = asyncio.create_task(self.sessions.sweep_forever())
+        if s.drift_window > 0:
+            self._drift_task = asyncio.create_task(self.drift.run_forever())
         self._loader = asyncio.create_task(self._load())
         if wait_for_models:
             await self._loader
@@ -269,6 +276,7 @@ class NNServeServer:
         else:
             await grpc_stopped
         await cancel(self._sweeper)
+        await cancel(self._drift_task)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
