@@ -158,6 +158,8 @@ def documented_metrics() -> set[str]:
             names.add(name)
             if kind == "histogram":
                 names.update(name + suffix for suffix in HISTOGRAM_SUFFIXES)
+            elif kind == "summary":  # count and sum, no quantiles
+                names.update(name + suffix for suffix in ("_sum", "_count"))
     return names
 
 
