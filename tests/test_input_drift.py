@@ -57,7 +57,7 @@ def _one_feature(edges: list[float], expected: list[float]) -> DriftReference:
 
 def test_window_slides_and_holds_counts_only() -> None:
     reference = _one_feature([0.5], [0.5, 0.5])
-    window = DriftWindow(reference, 80)
+    window = DriftWindow(reference, 80, interval_s=0)
     assert window._ring.shape == (CHUNKS, 2)  # memory: chunks x bins, whatever the traffic
     zeros, halves = np.zeros((10, 1)), np.array([[0.0], [1.0]] * 5)
     window.observe({"x": zeros}, 10)
@@ -72,8 +72,15 @@ def test_window_slides_and_holds_counts_only() -> None:
     assert window.scores()["x"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_window_bins_at_most_one_request_per_interval() -> None:
+    window = DriftWindow(_one_feature([0.5], [0.5, 0.5]), 1000, interval_s=60)
+    for _ in range(50):  # a burst: only the first request is binned
+        window.observe({"x": np.zeros((2, 1))}, 2)
+    assert window.rows == 2
+
+
 def test_window_samples_large_requests() -> None:
-    window = DriftWindow(_one_feature([0.5], [0.5, 0.5]), 100_000)
+    window = DriftWindow(_one_feature([0.5], [0.5, 0.5]), 100_000, interval_s=0)
     window.observe({"x": np.ones((10_000, 1))}, 10_000)
     assert 0 < window.rows <= 256  # MAX_ROWS_PER_REQUEST: every k-th row is binned
 

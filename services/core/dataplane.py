@@ -188,7 +188,7 @@ class Request:
         runner = batcher or self.model.batcher
         future = runner.submit(inputs, self._rows, self._deadline, self._timing, dispatch)
         drift = self.model.drift
-        if drift is not None:  # accepted: its inputs join the drift window (a few µs)
+        if drift is not None:  # accepted: its inputs may join the drift window (sampled)
             drift.observe(inputs, self._rows)
         return future
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -37,6 +38,10 @@ PSI_EPSILON = 1e-4  # floor of both proportions: empty bins stay finite
 # A request's rows beyond this are sampled (every k-th row), so binning stays cheap next
 # to the request's own decode whatever max_batch_size allows.
 MAX_ROWS_PER_REQUEST = 256
+# At most one request is binned per this interval: under load the window samples requests
+# (by time, so independently of their content) and binning costs a bounded share of a
+# core whatever the request rate; at low rates every request is binned.
+OBSERVE_INTERVAL_S = 0.001
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -55,7 +60,9 @@ class DriftWindow:
     the event loop only (observe per request, scores per refresh), so it takes no lock.
     """
 
-    def __init__(self, reference: DriftReference, rows: int) -> None:
+    def __init__(
+        self, reference: DriftReference, rows: int, interval_s: float = OBSERVE_INTERVAL_S
+    ) -> None:
         if rows < 1:
             raise ValueError("a drift window needs at least one row")
         self.reference = reference
@@ -66,6 +73,8 @@ class DriftWindow:
         self._total = np.zeros(reference.size, np.int64)
         self._rows = 0
         self._slot = 0
+        self._interval = interval_s
+        self._next_observation = 0.0
 
     @property
     def rows(self) -> int:
@@ -78,7 +87,12 @@ class DriftWindow:
         return max(1, self.capacity // 4)
 
     def observe(self, inputs: Tensors, rows: int) -> None:
-        """Add one accepted request's (validated) input tensors."""
+        """Add one accepted request's (validated) input tensors, unless one was added less
+        than the interval (OBSERVE_INTERVAL_S) ago."""
+        now = time.monotonic()
+        if now < self._next_observation:
+            return
+        self._next_observation = now + self._interval
         if rows > MAX_ROWS_PER_REQUEST:
             step = -(-rows // MAX_ROWS_PER_REQUEST)
             inputs = {k: v[::step] for k, v in inputs.items()}
