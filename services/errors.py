@@ -55,6 +55,12 @@ class QueueFull(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooLarge(ServingError):
+    """A request over a size bound (e.g. a message that inflates past max_message_bytes)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class DeadlineExpired(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

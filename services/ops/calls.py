@@ -26,11 +26,12 @@ Metadata = Sequence[tuple[str, str | bytes]]
 class Call:
     """One RPC as the server sees it; the request id is read or made only when needed."""
 
-    __slots__ = ("_request_id", "metadata", "span")
+    __slots__ = ("_request_id", "metadata", "principal", "span")
 
     def __init__(self, metadata: Metadata | None, span: Span | None = None) -> None:
         self.metadata = metadata
         self.span = span
+        self.principal: str | None = None  # the token's name, once the token is checked
         self._request_id: str | None = None
 
     @property

@@ -179,6 +179,17 @@ class Metrics:
             ["model", "version"], registry=r, multiprocess_mode=live,
         )  # fmt: skip
 
+        self.refusals = Counter(
+            "nnserve_refusals",
+            "Calls refused or dropped before their method ran, by reason (docs/metrics.md).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.session_refusals = Counter(
+            "nnserve_session_refusals",
+            "Stream calls refused a session, or ended for idling, by the limit that did it.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+
         # The KServe v2 REST port (services/http/): every request, by route template
         # ("unmatched" for paths no route serves) and HTTP status, so labels stay bounded.
         self.http_requests = Counter(

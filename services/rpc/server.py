@@ -102,13 +102,15 @@ class NNServeServer:
         self._stopped = False
 
         self.calls = CallCounter()
-        interceptor = AccountingInterceptor(
-            self.metrics, self.auth, settings.auth_health, self.tracing, self.calls
-        )
+        self.interceptor = AccountingInterceptor(
+            self.metrics, self.auth, settings.auth_health, self.tracing, self.calls,
+            max_message_bytes=settings.max_message_bytes,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )  # fmt: skip
+        # No maximum_concurrent_rpcs here: the interceptor enforces it, so refusals are
+        # accounted (grpc.aio refuses before any handler runs).
         self.server = grpc.aio.server(
-            interceptors=[interceptor],
-            options=server_options(settings),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=[self.interceptor], options=server_options(settings)
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(
@@ -312,6 +314,9 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         return int(seconds * 1000)
 
     options = [
+        # Compressed messages reach the interceptor as sent; it inflates them with a bound
+        # (services/rpc/inflate.py). Core would inflate a bomb whole before any check.
+        ("grpc.per_message_decompression", 0),
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
