@@ -194,6 +194,16 @@ class Settings(BaseSettings):
     max_sessions: int = Field(default=10_000, ge=1)
     """Streaming sessions held at once, all models; opening more gets RESOURCE_EXHAUSTED."""
 
+    max_sessions_per_client: int = Field(default=1000, ge=1)
+    """Streaming sessions one client may hold at once: per token name with tokens_file,
+    else per IP address (behind the native front end, without tokens, calls cannot be
+    told apart and only max_sessions applies); more get RESOURCE_EXHAUSTED."""
+
+    session_idle_seconds: float = Field(default=300.0, gt=0)
+    """A Stream call that sends no message for this long ends with DEADLINE_EXCEEDED;
+    its session stays resumable for session_ttl_seconds (send an empty message to keep
+    a quiet session attached)."""
+
     max_stream_events: int = Field(default=256, ge=1)
     """Events one Stream message may carry; more get INVALID_ARGUMENT."""
 

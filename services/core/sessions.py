@@ -8,11 +8,16 @@ every message's events are scored in order, each event one step batched with the
 events of other sessions. A message is applied whole or not at all: its state is
 committed after its last event, so a message that fails leaves the session as it was.
 
-Bounds: max_sessions sessions at once (RESOURCE_EXHAUSTED beyond), max_stream_events
-events per message, ids of 24 URL-safe characters from `secrets` (unguessable; an
-unknown or malformed id is NOT_FOUND). A session is attached to at most one call; once
-the call ends it stays resumable for session_ttl_seconds of idleness, then a periodic
-sweep (or the next resume attempt) drops it and counts it as expired.
+Bounds: max_sessions sessions at once (RESOURCE_EXHAUSTED beyond), and
+max_sessions_per_client per client (its token's name with tokens on, else its IP
+address; a client the server cannot tell apart, such as every call behind the native
+front end's Unix socket, only meets max_sessions); max_stream_events events per
+message; ids of 24 URL-safe characters from `secrets` (unguessable; an unknown or
+malformed id is NOT_FOUND). A session is attached to at most one call; once the call
+ends (the Stream RPC also ends a call that sends nothing for session_idle_seconds) it
+stays resumable for session_ttl_seconds of idleness, then a periodic sweep (or the next
+resume attempt) drops it and counts it as expired. Refusals are counted by reason in
+nnserve_session_refusals_total.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -54,24 +60,52 @@ class Session:
     last_used: float  # time.monotonic() when a call last released it
     events: int = 0  # events scored so far (the next event's position)
     attached: bool = False  # a Stream call is using it
+    owner: str | None = None  # the client that opened it (max_sessions_per_client)
 
 
 class SessionStore:
-    """All sessions of one server, with the TTL, the bound and the metrics."""
+    """All sessions of one server, with the TTL, the bounds and the metrics."""
 
-    def __init__(self, ttl_seconds: float, max_sessions: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_sessions: int,
+        metrics: Metrics,
+        max_per_client: int | None = None,
+    ) -> None:
         self.ttl = ttl_seconds
         self.max_sessions = max_sessions
+        self.max_per_client = max_per_client or max_sessions
         self._metrics = metrics
         self._sessions: dict[str, Session] = {}
+        self._owned: dict[str, set[Session]] = {}  # client -> its sessions (none: no entry)
+        self._refused = {
+            reason: metrics.session_refusals.labels(reason)
+            for reason in ("max_sessions", "max_sessions_per_client", "not_found", "attached")
+        }
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, model: LoadedModel, stepper: Stepper) -> Session:
+    def held_by(self, client: str) -> int:
+        return len(self._owned.get(client, ()))
+
+    def open(self, model: LoadedModel, stepper: Stepper, client: str | None = None) -> Session:
+        """A new session for `client` (None: a client the server cannot tell apart)."""
+        if client is not None and self.held_by(client) >= self.max_per_client:
+            self._sweep(list(self._owned[client]))  # its expired sessions make room first
+            if self.held_by(client) >= self.max_per_client:
+                self._refused["max_sessions_per_client"].inc()
+                raise TooManySessions(
+                    f"this client holds {self.max_per_client} streaming sessions "
+                    "(max_sessions_per_client); close sessions you no longer need "
+                    "(close=true), resume one by its id, or retry after idle ones expire "
+                    f"({self.ttl:g} s TTL)"
+                )
         if len(self._sessions) >= self.max_sessions:
             self.sweep()  # idle sessions past their TTL make room before we refuse
         if len(self._sessions) >= self.max_sessions:
+            self._refused["max_sessions"].inc()
             raise TooManySessions(
                 f"server holds {self.max_sessions} streaming sessions (max_sessions); "
                 "close sessions you no longer need (close=true) or retry after idle ones "
@@ -84,8 +118,11 @@ class SessionStore:
             state=stepper.initial_state(),
             last_used=time.monotonic(),
             attached=True,
+            owner=client,
         )
         self._sessions[session.id] = session
+        if client is not None:
+            self._owned.setdefault(client, set()).add(session)
         self._metrics.sessions_open.labels(session.model, str(session.version)).inc()
         return session
 
@@ -98,10 +135,12 @@ class SessionStore:
             self._drop(session, expired=True)
             session = None
         if session is None:
+            self._refused["not_found"].inc()
             raise SessionNotFound(
                 f"unknown or expired session {shown(session_id)}; open a new session"
             )
         if session.attached:
+            self._refused["attached"].inc()
             raise FailedPrecondition("the session is attached to another Stream call")
         session.attached = True
         return session
@@ -120,6 +159,12 @@ class SessionStore:
 
     def _drop(self, session: Session, expired: bool) -> None:
         del self._sessions[session.id]
+        owner = session.owner
+        owned = self._owned.get(owner) if owner is not None else None
+        if owner is not None and owned is not None:
+            owned.discard(session)
+            if not owned:
+                del self._owned[owner]
         labels = (session.model, str(session.version))
         self._metrics.sessions_open.labels(*labels).dec()
         if expired:
@@ -127,8 +172,11 @@ class SessionStore:
 
     def sweep(self) -> int:
         """Drop idle sessions past the TTL; returns how many."""
+        return self._sweep(self._sessions.values())
+
+    def _sweep(self, sessions: Iterable[Session]) -> int:
         now = time.monotonic()
-        stale = [s for s in self._sessions.values() if not s.attached and self._expired(s, now)]
+        stale = [s for s in sessions if not s.attached and self._expired(s, now)]
         for session in stale:
             self._drop(session, expired=True)
         return len(stale)

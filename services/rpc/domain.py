@@ -17,7 +17,7 @@ from services.rpc import endpoints
 from services.rpc.deadlines import deadline_of
 from services.rpc.endpoints import CLASSIFY, SEQUENCE
 from services.rpc.pipelining import MAX_ID_CHARS, check_id, failure_status, pipelined
-from services.rpc.stream import StreamService
+from services.rpc.stream import StreamService, client_key
 
 Context: TypeAlias = grpc.aio.ServicerContext
 Item = TypeVar("Item", npb.ClassifyStreamRequest, npb.SequenceStreamRequest)
@@ -88,7 +88,8 @@ class PredictorServicer(npb_grpc.PredictorServicer):
     async def Stream(
         self, requests: AsyncIterator[npb.StreamRequest], context: Context
     ) -> AsyncIterator[npb.StreamResponse]:
-        async for response in self._streams.serve(requests, deadline_of(context)):
+        client = client_key(context.peer())
+        async for response in self._streams.serve(requests, deadline_of(context), client):
             yield response
 
     async def ClassifyStream(

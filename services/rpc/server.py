@@ -85,8 +85,9 @@ class NNServeServer:
             stage_metrics=settings.stage_metrics, tracing=self.tracing,
         )  # fmt: skip
         self.sessions = SessionStore(
-            settings.session_ttl_seconds, settings.max_sessions, self.metrics
-        )
+            settings.session_ttl_seconds, settings.max_sessions, self.metrics,
+            settings.max_sessions_per_client,
+        )  # fmt: skip
         self._sweeper: asyncio.Task[None] | None = None
         self.drift = DriftExporter(
             self.registry.drift_windows, self.metrics.input_drift, settings.drift_interval_seconds
@@ -126,7 +127,13 @@ class NNServeServer:
             PredictorServicer(
                 self.plane,
                 self.readiness,
-                StreamService(self.plane, self.sessions, self.metrics, settings.max_stream_events),
+                StreamService(
+                    self.plane,
+                    self.sessions,
+                    self.metrics,
+                    settings.max_stream_events,
+                    settings.session_idle_seconds,
+                ),
                 stream_window=settings.max_stream_inflight,
             ),
             self.server,

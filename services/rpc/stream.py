@@ -1,9 +1,16 @@
 """The Stream RPC (nnserve.v1 Predictor/Stream): one call, one session, any number of
-messages; the session store (services/core/sessions.py) keeps the state between them."""
+messages; the session store (services/core/sessions.py) keeps the state between them.
+
+Fairness: sessions are counted per client (`client_key`: the token's name with tokens
+on, else the peer's IP address) against max_sessions_per_client, and a call that sends
+no message for session_idle_seconds ends with DEADLINE_EXCEEDED, its session released
+(resumable by id until the TTL)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -13,8 +20,36 @@ from services.core.dataplane import DataPlane
 from services.core.registry import LoadedModel
 from services.core.sessions import Session, SessionStore
 from services.core.stepping import Stepper
-from services.errors import InvalidInput, shown
+from services.errors import DeadlineExpired, InvalidInput, shown
+from services.ops.calls import CURRENT
 from services.ops.metrics import Metrics
+
+MAX_CLIENT_KEY_CHARS = 128
+
+
+def peer_address(peer: str) -> str | None:
+    """The IP address in a gRPC peer string (`ipv4:10.0.0.7:5123`,
+    `ipv6:%5B::1%5D:5123`), without the port, which changes with every connection;
+    None for peers that name no address (`unix:`, as every call the native front end
+    forwards arrives)."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif scheme == "ipv6":
+        host = unquote(rest).rpartition(":")[0].strip("[]")
+    else:
+        return None
+    return host[:MAX_CLIENT_KEY_CHARS] or None
+
+
+def client_key(peer: str) -> str | None:
+    """Who a Stream call is, for max_sessions_per_client: the token's name (tokens on),
+    else the peer's IP address, else None (cannot tell clients apart)."""
+    call = CURRENT.get()
+    if call is not None and call.principal is not None:
+        return f"token:{call.principal[:MAX_CLIENT_KEY_CHARS]}"
+    address = peer_address(peer)
+    return None if address is None else f"ip:{address}"
 
 
 def decode_events(request: npb.StreamRequest, spec: ModelSpec, max_events: int) -> list[int]:
@@ -49,33 +84,69 @@ class StreamService:
     METHOD = "Stream"
 
     def __init__(
-        self, plane: DataPlane, store: SessionStore, metrics: Metrics, max_events: int
+        self,
+        plane: DataPlane,
+        store: SessionStore,
+        metrics: Metrics,
+        max_events: int,
+        idle_seconds: float | None = None,
     ) -> None:
         self._plane = plane
         self._store = store
         self._metrics = metrics
         self._max_events = max_events
+        self._idle = idle_seconds
+        self._idled = metrics.session_refusals.labels("idle_timeout")
 
     async def serve(
-        self, requests: AsyncIterator[npb.StreamRequest], deadline: float | None
+        self,
+        requests: AsyncIterator[npb.StreamRequest],
+        deadline: float | None,
+        client: str | None = None,
     ) -> AsyncIterator[npb.StreamResponse]:
         session: Session | None = None
         started = False
+        messages = aiter(requests)
         try:
-            async for request in requests:
+            while True:
+                try:
+                    request = await self._next(messages, session)
+                except StopAsyncIteration:
+                    return
                 if not started:
                     session, started = self._start(request), True
                 elif request.model_name or request.model_version or request.session_id:
                     raise InvalidInput(
                         "model_name, model_version and session_id belong in the first message"
                     )
-                response, session = await self._message(request, session, deadline)
+                response, session = await self._message(request, session, deadline, client)
                 yield response
                 if response.closed:
                     return
         finally:
             if session is not None and session.attached:
                 self._store.release(session)
+
+    async def _next(
+        self, messages: AsyncIterator[npb.StreamRequest], session: Session | None
+    ) -> npb.StreamRequest:
+        """The call's next message, or DEADLINE_EXCEEDED after session_idle_seconds
+        without one (a call that sends nothing must not hold its session for ever)."""
+        if self._idle is None:
+            return await anext(messages)
+        try:
+            async with asyncio.timeout(self._idle):
+                return await anext(messages)
+        except TimeoutError:
+            self._idled.inc()
+            kept = (
+                f"; the session stays resumable by its id for {self._store.ttl:g} s"
+                if session is not None and session.attached
+                else ""
+            )
+            raise DeadlineExpired(
+                f"no message on this Stream call for {self._idle:g} s (session_idle_seconds){kept}"
+            ) from None
 
     def _start(self, request: npb.StreamRequest) -> Session | None:
         if request.session_id and request.model_name:
@@ -87,7 +158,11 @@ class StreamService:
         return None  # opened inside the first message's request scope
 
     async def _message(
-        self, request: npb.StreamRequest, session: Session | None, deadline: float | None
+        self,
+        request: npb.StreamRequest,
+        session: Session | None,
+        deadline: float | None,
+        client: str | None,
     ) -> tuple[npb.StreamResponse, Session]:
         if session is None:
             name, version = request.model_name, request.model_version
@@ -103,7 +178,7 @@ class StreamService:
             tokens = decode_events(request, model.spec, self._max_events)
             response = npb.StreamResponse(model_name=model.name, model_version=str(model.version))
             if session is None:
-                session = self._store.open(model, stepper)
+                session = self._store.open(model, stepper, client)
                 response.labels.extend(model.spec.labels)
                 try:
                     return await self._score(
