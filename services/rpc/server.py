@@ -3,8 +3,9 @@ and the KServe v2 REST port (services/http/) on the same data plane.
 
 Start order: bind and serve with health NOT_SERVING, load models (session, goldens,
 warm-up), then SERVING. Stop order: NOT_SERVING (REST ready: 503), refuse new requests
-(gRPC UNAVAILABLE, REST 503), let queued and running ones finish (up to the grace
-period), stop both ports.
+(gRPC UNAVAILABLE, REST 503), GOAWAY (aio: as soon as gRPC allows it without cancelling
+calls), let queued and running ones finish (up to the grace period), end open gRPC
+streams, stop both ports.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PREDICTOR_SERVICE = nnserve_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
-QUIET_BEFORE_STOP_SECONDS = 0.1  # no new call for this long before the port closes
+QUIET_BEFORE_STOP_SECONDS = 0.1  # no new call for this long: GOAWAY cancels nothing
+GOAWAY_AFTER_SECONDS = 1.0  # calls still arriving this long into a drain: GOAWAY anyway
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -262,28 +264,13 @@ class NNServeServer:
         self.registry.drain()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        # Accepted requests (decode to encode, queued or running) finish before the port
-        # closes, and calls still arriving get UNAVAILABLE from us: gRPC cancels calls
-        # that reach it after shutdown begins but before the server took them, so wait
-        # until none has started for a moment (load balancers stop sending on NOT_SERVING).
-        quiet_since, seen = time.monotonic(), self.calls.started
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            if self.calls.started != seen:
-                quiet_since, seen = now, self.calls.started
-            busy = self.registry.busy() or self.plane.inflight_requests
-            if not busy and now - quiet_since >= QUIET_BEFORE_STOP_SECONDS:
-                break
-            await asyncio.sleep(0.01)
-        remaining = max(0.0, deadline - time.monotonic())
-        # Both ports close together: REST requests still running get the grace left too.
-        grpc_stopped = (
-            self.native.stop(remaining) if self.native is not None else self.server.stop(remaining)
+        grpc_drained = (
+            self._drain_native(deadline) if self.native is not None else self._drain_aio(deadline)
         )
         if self.http is not None:
-            await asyncio.gather(grpc_stopped, self.http.stop(remaining))
+            await asyncio.gather(grpc_drained, self._drain_http(deadline))
         else:
-            await grpc_stopped
+            await grpc_drained
         await cancel(self._sweeper)
         await cancel(self._drift_task)
         if self._metrics_http is not None:
@@ -293,6 +280,76 @@ class NNServeServer:
         if self.tracing is not None:
             self.tracing.shutdown()  # flushes spans still batched for the exporter
         log.info("stopped")
+
+    def _working(self) -> bool:
+        """Accepted work is still running: inference requests (decode to encode, queued
+        or running, streams' included) or unary calls. An open stream between messages
+        is not work: nothing of it is lost when it ends."""
+        return bool(
+            self.registry.busy() or self.plane.inflight_requests or self.interceptor.gate.unary
+        )
+
+    async def _drain_aio(self, deadline: float) -> None:
+        """GOAWAY as early as gRPC allows without cancelling calls, then stop once the
+        accepted work is done (docs/operations.md, "Draining").
+
+        grpc.aio sends GOAWAY only from server.stop(), and gRPC core then cancels every
+        call it has received but not yet handed to the server, and every call arriving
+        before the client has seen the GOAWAY (the client gets CANCELLED). Meanwhile
+        calls get UNAVAILABLE "draining" from the data plane. So the GOAWAY goes out at
+        the first moment no call has started for QUIET_BEFORE_STOP_SECONDS (clients that
+        stop at UNAVAILABLE fall quiet at once), and at the latest GOAWAY_AFTER_SECONDS
+        into the drain: clients that keep retrying on this connection only move on once
+        they get it."""
+        started = time.monotonic()
+        quiet_since, seen = started, self.calls.started
+        while (now := time.monotonic()) < deadline:
+            if self.calls.started != seen:
+                quiet_since, seen = now, self.calls.started
+            if now - quiet_since >= QUIET_BEFORE_STOP_SECONDS:
+                break
+            if now - started >= GOAWAY_AFTER_SECONDS:
+                log.info("drain: calls still arriving after %gs; GOAWAY now", now - started)
+                break
+            await asyncio.sleep(0.01)
+        # GOAWAY, and the port closes; calls in progress go on until the grace ends.
+        stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
+        while not stopping.done() and self._working() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if not stopping.done():
+            # What is left are open streams between messages (health Watch, idle
+            # ModelStreamInfer or Stream calls): end them now (UNAVAILABLE), so the
+            # process exits once the accepted work is done, not at the end of the grace.
+            await self.server.stop(0)
+        await stopping
+
+    async def _settled(self, deadline: float) -> None:
+        """Until the accepted inference work is done and no call has started for
+        QUIET_BEFORE_STOP_SECONDS (or the deadline)."""
+        quiet_since, seen = time.monotonic(), self.calls.started
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self.calls.started != seen:
+                quiet_since, seen = now, self.calls.started
+            busy = self.registry.busy() or self.plane.inflight_requests
+            if not busy and now - quiet_since >= QUIET_BEFORE_STOP_SECONDS:
+                break
+            await asyncio.sleep(0.01)
+
+    async def _drain_native(self, deadline: float) -> None:
+        """The native front end closes its port (GOAWAY) at once when asked, so it is
+        asked after the accepted work is done; until then native calls get UNAVAILABLE
+        "draining" from the data plane, and forwarded ones too."""
+        await self._settled(deadline)
+        assert self.native is not None
+        await self.native.stop(max(0.0, deadline - time.monotonic()))
+
+    async def _drain_http(self, deadline: float) -> None:
+        """The REST port closes once the accepted work is done (requests meanwhile get
+        503 from the data plane); requests still running get the grace left."""
+        await self._settled(deadline)
+        assert self.http is not None
+        await self.http.stop(max(0.0, deadline - time.monotonic()))
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
