@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -351,11 +352,15 @@ def _logs(client: NNServeClient, opts: argparse.Namespace) -> int:
 # Events per Stream message (the server's default max_stream_events is 256).
 FOLLOW_CHUNK = 64
 FOLLOW_POLL_S = 0.2
+# A quiet file still sends an empty message this often: the server ends a Stream call
+# that sends nothing for its session_idle_seconds (default 300).
+FOLLOW_KEEPALIVE_S = 60.0
 
 
 def _appended_lines(source: str, stop: threading.Event) -> Iterator[list[str]]:
     """Complete lines as they arrive: stdin until EOF, or a file from its start and then
-    whatever is appended (like tail -f; a truncated file is read again from the start)."""
+    whatever is appended (like tail -f; a truncated file is read again from the start).
+    A file that stays quiet yields an empty list every FOLLOW_KEEPALIVE_S."""
     if source == "-":
         while line := sys.stdin.readline():
             yield [line]
@@ -366,6 +371,7 @@ def _appended_lines(source: str, stop: threading.Event) -> Iterator[list[str]]:
         raise InputError(f"{source}: {err.strerror}") from None
     with f:
         partial = ""
+        quiet_since = time.monotonic()
         while True:
             chunk = f.read()
             if chunk:
@@ -373,8 +379,12 @@ def _appended_lines(source: str, stop: threading.Event) -> Iterator[list[str]]:
                 lines = text.split("\n")
                 partial = lines.pop()  # a line still being written
                 if lines:
+                    quiet_since = time.monotonic()
                     yield lines
                 continue
+            if time.monotonic() - quiet_since >= FOLLOW_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield []
             try:
                 if os.stat(source).st_size < f.tell():
                     f.seek(0)
@@ -427,6 +437,8 @@ def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
             events = [e for e in events if e and not e.startswith("#")]
             # An event the model never saw is sent as its unknown token, when it has one.
             events = [e if e in vocabulary or unknown is None else unknown for e in events]
+            if not lines:
+                session.send([])  # keeps the quiet session's call attached
             for start in range(0, len(events), FOLLOW_CHUNK):
                 for scored in session.send(events[start : start + FOLLOW_CHUNK]):
                     if scored.score > opts.threshold:

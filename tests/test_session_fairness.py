@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -139,15 +140,17 @@ def test_an_idle_call_ends_and_its_session_stays_resumable(scratch_repository: P
         session = server.server.sessions._sessions[first.session_id]
         assert not session.attached  # released: it may expire now
 
-        # Resumed with its state; a call that sends every 0.2 s is never cut.
+        # Resumed with its state; a call that sends every 0.2 s is never cut, and an
+        # empty message (no events) is enough to keep a quiet session attached.
         box = queue.SimpleQueue()
         box.put(npb.StreamRequest(session_id=first.session_id))
         call = stub.Stream(_requests(box), timeout=30)
         assert next(call).events_seen == 2
-        for _ in range(5):
+        for i in range(6):
             time.sleep(0.2)
-            box.put(npb.StreamRequest(token_ids=npb.TokenIds(ids=[4])))
-            assert next(call).events[0].position >= 2
+            events = [4] if i % 2 else []
+            box.put(npb.StreamRequest(token_ids=npb.TokenIds(ids=events)))
+            assert next(call).events_seen == 2 + (i + 1) // 2
         box.put(npb.StreamRequest(close=True))
         assert next(call).closed
         box.put(None)
@@ -173,3 +176,25 @@ def test_peer_addresses_key_clients_and_unix_peers_do_not() -> None:
     assert peer_address("unix:") is None
     assert peer_address("unix:/tmp/nnserve-fallback/grpc.sock") is None
     assert peer_address("garbage") is None
+
+
+def test_the_cli_keeps_a_quiet_followed_file_attached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`logs --follow FILE` sends an empty message when the file stays quiet, so the
+    server's idle timeout does not end its call."""
+    from nnserve_client import __main__ as cli
+
+    monkeypatch.setattr(cli, "FOLLOW_KEEPALIVE_S", 0.3)
+    log = tmp_path / "app.log"
+    log.write_text("a\n")
+    stop = threading.Event()
+    lines = cli._appended_lines(str(log), stop)
+    assert next(lines) == ["a"]
+    started = time.monotonic()
+    assert next(lines) == []  # nothing appended: a keepalive tick
+    assert 0.25 < time.monotonic() - started < 5
+    with log.open("a") as f:
+        f.write("b\n")
+    assert next(lines) == ["b"]
+    stop.set()
