@@ -182,9 +182,8 @@ def test_a_compressed_message_over_the_bound_as_sent_is_counted(
     refuses them before any handler runs, and the server still counts the call."""
     url = small_limit_server.metrics_url
     before = _metric(url, "nnserve_refusals_total", reason="ended_before_handler")
-    with small_limit_server.channel() as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            _unary(channel, f"{KSERVE}/ModelInfer")(os.urandom(2 * MiB), timeout=30)
+    with small_limit_server.channel() as channel, pytest.raises(grpc.RpcError) as err:
+        _unary(channel, f"{KSERVE}/ModelInfer")(os.urandom(2 * MiB), timeout=30)
     assert err.value.code() == Code.RESOURCE_EXHAUSTED
     deadline = time.monotonic() + 5  # counted as the call's task ends, just after
     while _metric(url, "nnserve_refusals_total", reason="ended_before_handler") == before:
@@ -233,9 +232,7 @@ GIB = 1 << 30
 GROWTH_LIMIT_KB = 50 * 1024
 
 
-def test_a_gigabyte_bomb_costs_the_server_no_memory(
-    model_repository: Path, tmp_path: Path
-) -> None:
+def test_a_gigabyte_bomb_costs_the_server_no_memory(model_repository: Path, tmp_path: Path) -> None:
     """1 GiB of zeros, gzip'd by a grpcio client (about 1 MB on the wire), sent as a
     ModelInfer request and as the second message of a ModelStreamInfer stream, to a
     server process: RESOURCE_EXHAUSTED each time, and the server's peak resident memory
@@ -270,7 +267,10 @@ def test_a_gigabyte_bomb_costs_the_server_no_memory(
             del bomb
             peak = _memory_kb(pid)["VmHWM"]
             growth = peak - baseline
-            print(f"\n1 GiB gzip bomb x2: server RSS {baseline / 1024:.0f} MB, peak +{growth / 1024:.1f} MB")
+            print(
+                f"\n1 GiB gzip bomb x2: server RSS {baseline / 1024:.0f} MB, "
+                f"peak +{growth / 1024:.1f} MB"
+            )
             assert growth <= GROWTH_LIMIT_KB, f"peak RSS grew by {growth / 1024:.0f} MB"
             answer = stub.ModelInfer(valid, timeout=10, compression=GZIP)
             got = decode_outputs(answer)["probabilities"]

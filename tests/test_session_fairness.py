@@ -87,23 +87,23 @@ def test_with_tokens_the_cap_is_per_token_name(scratch_repository: Path, two_tok
         scratch_repository, service="sequence", models=["lstm"],
         max_sessions=50, max_sessions_per_client=2, tokens_file=two_tokens,
     )  # fmt: skip
-    with running_server(settings) as server:
-        with (
-            NNServeClient(server.address, timeout=30, token=ALICE) as alice,
-            NNServeClient(server.address, timeout=30, token=BOB) as bob,
-        ):
-            held = [alice.stream("lstm"), alice.stream("lstm")]
-            with pytest.raises(NNServeError) as err:
-                alice.stream("lstm")
-            assert err.value.code == Code.RESOURCE_EXHAUSTED
-            assert "max_sessions_per_client" in err.value.args[0]
-            held += [bob.stream("lstm"), bob.stream("lstm")]
-            with pytest.raises(NNServeError) as err:
-                bob.stream("lstm")
-            assert err.value.code == Code.RESOURCE_EXHAUSTED
-            assert _refusals(server, "max_sessions_per_client") == 2
-            for session in held:
-                session.close(end_session=True)
+    with (
+        running_server(settings) as server,
+        NNServeClient(server.address, timeout=30, token=ALICE) as alice,
+        NNServeClient(server.address, timeout=30, token=BOB) as bob,
+    ):
+        held = [alice.stream("lstm"), alice.stream("lstm")]
+        with pytest.raises(NNServeError) as err:
+            alice.stream("lstm")
+        assert err.value.code == Code.RESOURCE_EXHAUSTED
+        assert "max_sessions_per_client" in err.value.args[0]
+        held += [bob.stream("lstm"), bob.stream("lstm")]
+        with pytest.raises(NNServeError) as err:
+            bob.stream("lstm")
+        assert err.value.code == Code.RESOURCE_EXHAUSTED
+        assert _refusals(server, "max_sessions_per_client") == 2
+        for session in held:
+            session.close(end_session=True)
 
 
 def _requests(box: queue.SimpleQueue[npb.StreamRequest | None]) -> Iterator[npb.StreamRequest]:
