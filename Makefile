@@ -34,7 +34,7 @@ endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick bench-peers bench-results soak perf-analyzer gpu-check fuzz clean images image-serving \
+        protos bench bench-quick bench-peers bench-results soak soak-hostile perf-analyzer gpu-check fuzz clean images image-serving \
         image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
@@ -124,6 +124,9 @@ bench-results: models  ## bench-peers, then its report written to docs/benchmark
 
 soak: models           ## 10 minutes of load on the mlp: resident memory growth
 	$(PY) -m bench --repository $(REPOSITORY) --soak 600
+
+soak-hostile: models   ## 10 minutes of hostile traffic (bombs, deadline storms, junk, session churn): RSS, health < 100 ms, no INTERNAL
+	$(PY) -m bench.hostile_soak --repository $(REPOSITORY) --duration $${SOAK_SECONDS:-600}
 
 perf-analyzer: models  ## the benchmark plus Triton's perf_analyzer on the same points
 	$(PY) -m bench --repository $(REPOSITORY) --perf-analyzer
