@@ -49,12 +49,21 @@ UNLIMITED = 2**31 - 1
 
 class Refused:
     """Stands in for a request message that cannot be used (undecodable, or a
-    compressed message over the bound): the handler raises its error."""
+    compressed message over the bound): the handler raises `error()`.
 
-    __slots__ = ("error",)
+    It keeps the error's class and message, not the exception: an exception kept here
+    and raised in the handler would reach its own traceback (handler frame -> request ->
+    exception -> traceback -> handler frame), a cycle that only the garbage collector
+    frees, holding the frames of the refused inflation meanwhile."""
+
+    __slots__ = ("_kind", "_message")
 
     def __init__(self, error: ServingError) -> None:
-        self.error = error
+        self._kind = type(error)
+        self._message = error.message
+
+    def error(self) -> ServingError:
+        return self._kind(self._message)
 
 
 def _tolerant(
@@ -305,7 +314,7 @@ def _unary(
             if guard is not None:
                 guard.check(context, call)
             if type(request) is Refused:
-                raise request.error
+                raise request.error()
             return await inner(request, context)
 
     return handle
@@ -321,7 +330,7 @@ def _server_stream(
             if guard is not None:
                 guard.check(context, call)
             if type(request) is Refused:
-                raise request.error
+                raise request.error()
             async for item in inner(request, context):
                 yield item
 
@@ -340,7 +349,7 @@ def _writing_stream(
             if guard is not None:
                 guard.check(context, call)
             if type(request) is Refused:
-                raise request.error
+                raise request.error()
             await inner(request, context)
 
     return handle
@@ -351,7 +360,7 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     used (INVALID_ARGUMENT when undecodable, RESOURCE_EXHAUSTED for a bomb)."""
     async for request in requests:
         if type(request) is Refused:
-            raise request.error
+            raise request.error()
         yield request
 
 
