@@ -50,6 +50,7 @@ from protos import nnserve_pb2_grpc as npb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_CODES = ("INTERNAL", "UNKNOWN")
+TRAFFIC = ("valid", "deadlines", "bombs", "undecodable", "sessions")  # health always runs
 MiB = 1 << 20
 
 
@@ -283,12 +284,15 @@ class Soak:
     def run(self) -> None:
         address = self.server.address
         channels = [grpc.insecure_channel(address) for _ in range(6)]
-        traffic: list[tuple[float, Callable[[], None]]] = [
-            (0.005, self.valid(pb_grpc.GRPCInferenceServiceStub(channels[0]))),
-            (0.05, self.deadline_storm(npb_grpc.PredictorStub(channels[1]))),
-            (self.args.bomb_pause, self.bombs(channels[2])),
-            (0.05, self.undecodable(channels[3])),
-            (0.02, self.sessions(npb_grpc.PredictorStub(channels[4]))),
+        kinds: dict[str, tuple[float, Callable[[], None]]] = {
+            "valid": (0.005, self.valid(pb_grpc.GRPCInferenceServiceStub(channels[0]))),
+            "deadlines": (0.05, self.deadline_storm(npb_grpc.PredictorStub(channels[1]))),
+            "bombs": (self.args.bomb_pause, self.bombs(channels[2])),
+            "undecodable": (0.05, self.undecodable(channels[3])),
+            "sessions": (0.02, self.sessions(npb_grpc.PredictorStub(channels[4]))),
+        }
+        traffic = [kinds[kind] for kind in self.args.traffic]
+        traffic += [
             (0.2, self.health(health_pb2_grpc.HealthStub(channels[5]))),
             (self.args.sample_seconds, self.sample(psutil.Process(self.server.process.pid))),
         ]
@@ -367,9 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-limit-ms", type=float, default=100.0)
     parser.add_argument("--frontend", choices=("aio", "native"), default="aio")
     parser.add_argument(
+        "--traffic",
+        type=lambda text: [k for k in text.split(",") if k],
+        default=list(TRAFFIC),
+        help=f"comma-separated kinds to run (default all: {','.join(TRAFFIC)})",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "hostile_soak.json"
     )
     args = parser.parse_args(argv)
+    if unknown := set(args.traffic) - set(TRAFFIC):
+        parser.error(f"--traffic: unknown kinds {sorted(unknown)}")
     with tempfile.TemporaryDirectory(prefix="nnserve-soak-") as workdir:
         server = start_server(args.repository, Path(workdir), ["--frontend", args.frontend])
         try:
