@@ -276,3 +276,34 @@ def test_a_gigabyte_bomb_costs_the_server_no_memory(model_repository: Path, tmp_
             got = decode_outputs(answer)["probabilities"]
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
         assert os.path.exists(f"/proc/{pid}")  # still running: nothing crashed
+
+
+def test_with_the_native_front_forwarded_calls_are_bounded_too(
+    model_repository: Path,
+) -> None:
+    """NNSERVE_FRONTEND=native: pygrpc-native forwards every method but ModelInfer,
+    Classify and Sequence to grpc.aio with its compressed frames as sent, so bombs there
+    are refused by the same bound; a gzip'd ModelInfer (served natively, inflated by
+    pygrpc-native) is answered."""
+    settings = make_settings(
+        model_repository, service="classify", models=["mlp"], frontend="native",
+        max_message_bytes=MiB,
+    )  # fmt: skip
+    inputs = golden_inputs(model_repository, "mlp")
+    expected = reference_outputs(model_repository, "mlp", inputs)["probabilities"]
+    with running_server(settings) as server, server.channel() as channel:
+        assert server.server.native is not None
+        for path in (f"{KSERVE}/ModelMetadata", "/grpc.health.v1.Health/Check"):
+            with pytest.raises(grpc.RpcError) as err:
+                _unary(channel, path)(BOMB, timeout=30, compression=GZIP)
+            _assert_bomb_refused(err.value, MiB)
+        call = channel.stream_stream(f"{KSERVE}/ModelStreamInfer")(
+            iter([BOMB]), timeout=30, compression=GZIP
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        _assert_bomb_refused(err.value, MiB)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(infer_request("mlp", inputs), timeout=10, compression=GZIP)
+        got = decode_outputs(answer)["probabilities"]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
