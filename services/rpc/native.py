@@ -34,7 +34,7 @@ from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
 
 from services.batching.batcher import Batcher
 from services.core.dataplane import DataPlane, Request, Tensors
-from services.errors import DeadlineExpired, QueueFull, ServingError
+from services.errors import DeadlineExpired, QueueFull, TooLarge
 from services.ops.auth import Authenticator, Role, required_role
 from services.ops.calls import CURRENT, REQUEST_ID_KEY, Call, CallCounter, Metadata
 from services.ops.metrics import Metrics
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS = 256  # calls taken from the front in one hand-off to the event loop
 _RECEIVE_WAIT_MS = 200  # the receiver wakes this often to notice a stop
-
-
-class MessageTooLarge(ServingError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +217,7 @@ class NativeFrontend:
         scope: Request | None = None
         try:
             if len(payload) > self._max_message:
-                raise MessageTooLarge(
+                raise TooLarge(
                     f"request message is {len(payload)} bytes; at most {self._max_message} "
                     "(max_message_bytes)"
                 )
@@ -281,7 +277,7 @@ class NativeFrontend:
             scope.inferred()
             data = pending.prepared.encode(future.result()).SerializeToString()
             if len(data) > self._max_message:
-                raise MessageTooLarge(
+                raise TooLarge(
                     f"response message is {len(data)} bytes; at most {self._max_message} "
                     "(max_message_bytes)"
                 )
