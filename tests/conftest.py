@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 
 from contract.model import read_spec
-from tests.compose_stack import docker_engine
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.compose_stack import docker_engine
+from tests.support.servers import RunningServer, make_settings, running_server
 
 # One Docker engine per session for the compose stack tests (make stack-test).
 __all__ = ["docker_engine"]

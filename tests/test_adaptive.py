@@ -13,7 +13,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from services.batching.adaptive import WINDOW, AdaptiveBatching
 from services.batching.threads import InferenceThreads
 from tests.conftest import golden_inputs
-from tests.server_harness import make_settings, running_server
+from tests.support.servers import make_settings, running_server
 from tests.test_batcher import GatedRunner, make_batcher, row, started
 from tests.test_kserve_api import infer_request
 

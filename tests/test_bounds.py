@@ -18,7 +18,7 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.errors import MAX_MESSAGE_CHARS
 from tests.conftest import golden_inputs, model_json
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
 Code = grpc.StatusCode

@@ -20,7 +20,7 @@ from contract.model import ModelSpec, read_spec
 from nnserve_client import NNServeClient, NNServeError, ServingStatus
 from nnserve_client.aio import AsyncNNServeClient
 from tests.conftest import golden_inputs, reference_outputs
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 from tests.test_client_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,15 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.compose_stack import (
+from tests.conftest import golden_inputs, reference_outputs
+from tests.support.compose_stack import (
     Stack,
     build_args,
     compose_up,
-    free_ports,
+    published,
     seed_and_prometheus,
 )
-from tests.conftest import golden_inputs, reference_outputs
-from tests.docker_engine import DockerEngine, log
+from tests.support.docker_engine import DockerEngine, log
 from tests.test_kserve_api import decode_outputs, infer_request
 from tests.test_scaleout import LOAD_CLIENTS, MODEL, Outputs, call_many, matches
 
@@ -45,15 +45,16 @@ METRICS_PORT = {"classify": 9091, "sequence": 9092}
 
 @pytest.fixture(scope="module")
 def scaled(docker_engine: DockerEngine, model_repository: Path) -> Iterator[Stack]:
-    ports = free_ports("classify", "sequence", "prometheus")
+    ports = {
+        "classify": ("envoy", 50051),
+        "sequence": ("envoy", 50052),
+        "prometheus": ("prometheus", 9090),
+    }
     override = f"""
-services:{seed_and_prometheus(model_repository, ports["prometheus"])}
+services:{seed_and_prometheus(model_repository)}
   classify:{build_args()}
   sequence:{build_args()}
-  envoy:{build_args()}
-    ports: !override
-      - "127.0.0.1:{ports["classify"]}:50051"
-      - "127.0.0.1:{ports["sequence"]}:50052"
+  envoy:{build_args()}{published(50051, 50052)}
 """
     with compose_up(
         docker_engine,

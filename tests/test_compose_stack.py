@@ -23,18 +23,17 @@ from typing import Any
 import pytest
 
 from nnserve_client import NNServeClient
-from tests.compose_stack import (
-    ROOT,
+from tests.conftest import ALL_MODELS, CLASSIFY_MODELS
+from tests.support.compose_stack import (
     Stack,
     build_args,
     compose_up,
-    free_ports,
+    published,
     seed_and_prometheus,
 )
-from tests.conftest import ALL_MODELS, CLASSIFY_MODELS
-from tests.docker_engine import DockerEngine, log
-from tests.envoy_proxy import free_port
-from tests.server_harness import RunningServer
+from tests.support.docker_engine import DockerEngine, log
+from tests.support.paths import ROOT
+from tests.support.servers import RunningServer
 
 pytestmark = pytest.mark.stack
 
@@ -68,18 +67,17 @@ CLI_CALLS: dict[str, list[str]] = {
 
 @pytest.fixture(scope="module")
 def stack(docker_engine: DockerEngine, model_repository: Path) -> Iterator[Stack]:
-    ports = free_ports("classify", "classify-metrics", "sequence", "sequence-metrics")
-    ports["prometheus"] = free_port()
+    ports = {
+        "classify": ("classify", 50051),
+        "classify-metrics": ("classify", 9091),
+        "sequence": ("sequence", 50052),
+        "sequence-metrics": ("sequence", 9092),
+        "prometheus": ("prometheus", 9090),
+    }
     override = f"""
-services:{seed_and_prometheus(model_repository, ports["prometheus"])}
-  classify:{build_args()}
-    ports: !override
-      - "127.0.0.1:{ports["classify"]}:50051"
-      - "127.0.0.1:{ports["classify-metrics"]}:9091"
-  sequence:{build_args()}
-    ports: !override
-      - "127.0.0.1:{ports["sequence"]}:50052"
-      - "127.0.0.1:{ports["sequence-metrics"]}:9092"
+services:{seed_and_prometheus(model_repository)}
+  classify:{build_args()}{published(50051, 9091)}
+  sequence:{build_args()}{published(50052, 9092)}
 """
     with compose_up(
         docker_engine,

@@ -34,8 +34,9 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from referencing import Registry, Resource
 
 from services.settings import SERVICE_MODELS, Settings
-from tests import kserve_schema
-from tests.prometheus_server import PrometheusServer, missing_tool, require_binary
+from tests.support import kserve_schema
+from tests.support.prometheus_server import PrometheusServer
+from tests.support.tools import missing_tool, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"

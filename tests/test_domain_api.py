@@ -12,7 +12,7 @@ import pytest
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.conftest import SEQUENCE_MODELS, golden_inputs, model_json, reference_outputs
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 
 
 def predictor(server: RunningServer) -> npb_grpc.PredictorStub:

@@ -16,7 +16,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.conftest import golden_inputs, model_json
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import full_length_request, infer_request
 
 Code = grpc.StatusCode

@@ -39,7 +39,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.batching.merge import BatchLayout
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.servers import RunningServer, make_settings, running_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.logs import VOCABULARY, is_valid
 from training.models.transformer import AttentionExplainer, TransformerDetector

@@ -20,7 +20,7 @@ from export.api import ExportResult, export_model
 from export.errors import ManifestError, ParityError
 from export.manifest import validate
 from export.parity import check_cases
-from tests.training_fixtures import TINY, run_cli
+from tests.support.training import TINY, run_cli
 from training import MODEL_NAMES
 from training.api import train
 from training.checkpoint import load_checkpoint, model_from_checkpoint

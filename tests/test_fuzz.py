@@ -27,7 +27,7 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.errors import MAX_MESSAGE_CHARS
 from tests.conftest import golden_inputs, reference_outputs
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 from tests.test_kserve_api import decode_outputs, infer_request
 
 EXAMPLES = int(os.environ.get("NNSERVE_FUZZ_EXAMPLES", "40"))

@@ -15,7 +15,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
 from tests.conftest import ALL_MODELS, golden_inputs, model_json, reference_outputs
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 
 
 def stub_for(server: RunningServer) -> pb_grpc.GRPCInferenceServiceStub:
@@ -201,7 +201,7 @@ def test_bytes_and_bf16_are_refused(classify_server: RunningServer, model_reposi
 
 
 def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
-    from tests.server_harness import make_settings, running_server
+    from tests.support.servers import make_settings, running_server
 
     settings = make_settings(scratch_repository, service="classify", model_control="explicit")
     with running_server(settings) as server:
@@ -227,7 +227,7 @@ def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
 def test_new_version_serves_by_default_and_old_stays_addressable(scratch_repository: Path) -> None:
     import shutil
 
-    from tests.server_harness import make_settings, running_server
+    from tests.support.servers import make_settings, running_server
 
     v1 = scratch_repository / "mlp" / "1"
     v2 = scratch_repository / "mlp" / "2"

@@ -28,7 +28,7 @@ from contract.model import is_model_name, scan, version_number
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
 Code = grpc.StatusCode

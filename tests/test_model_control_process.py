@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs
-from tests.process_harness import ServerProcess, server_process
+from tests.support.process import ServerProcess, server_process
 from tests.test_kserve_api import infer_request
 from tests.test_model_control import break_goldens, index_of, stage_version
 

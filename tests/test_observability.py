@@ -45,8 +45,9 @@ from protos import nnserve_pb2_grpc as npb_grpc
 from services.core.dataplane import UNKNOWN_MODEL
 from services.ops.metrics import LATENCY_BUCKETS
 from tests.conftest import ALL_MODELS, CLASSIFY_MODELS, SEQUENCE_MODELS, golden_inputs, model_json
-from tests.prometheus_server import PrometheusServer, require_binary
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.prometheus_server import PrometheusServer
+from tests.support.servers import RunningServer, make_settings, running_server
+from tests.support.tools import require_binary
 from tests.test_kserve_api import infer_request
 
 KSERVE = "inference.GRPCInferenceService"

@@ -21,7 +21,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from tests.server_harness import make_settings, running_server
+from tests.support.servers import make_settings, running_server
 from tests.test_gpu_build import gpu_listed
 
 CUDA = "CUDAExecutionProvider"

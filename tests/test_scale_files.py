@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.docker_engine import compose_binary
-from tests.prometheus_server import missing_tool, require_binary
+from tests.support.tools import compose_binary, missing_tool, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"

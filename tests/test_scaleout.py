@@ -12,14 +12,9 @@ its own loopback ports) behind a real Envoy running deploy/envoy/envoy.yaml.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,13 +23,14 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from nnserve_client import NNServeClient, NNServeError, ServingStatus
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs, reference_outputs
-from tests.envoy_proxy import ENVOY_CONFIG, EnvoyProxy, envoy_binary, free_port, local_config
+from tests.support.envoy_proxy import ENVOY_CONFIG, EnvoyProxy, local_config
+from tests.support.metrics import read_metrics
+from tests.support.process import ServerProcess
+from tests.support.tools import envoy_binary
 from tests.test_kserve_api import decode_outputs, infer_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,121 +40,44 @@ LOAD_CLIENTS = 8
 Outputs = dict[str, np.ndarray]
 
 
-class Replica:
-    """One `python -m services --service classify` process on fixed loopback ports."""
+def replica(repository: Path, log_dir: Path, index: int) -> ServerProcess:
+    """One `python -m services --service classify` process on loopback: port 0 at its
+    first start, the same ports again when it restarts (Envoy knows it by address)."""
+    return ServerProcess(
+        repository, log_dir, "--service", "classify", "--models", MODEL,
+        "--host", "127.0.0.1", "--drain-grace-seconds", "5", "--log-level", "WARNING",
+        clean_env=True, name=f"replica-{index}",
+    )  # fmt: skip
 
-    def __init__(self, repository: Path, log_dir: Path, index: int) -> None:
-        self.repository = repository
-        self.log_path = log_dir / f"replica-{index}.log"
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NNSERVE_")}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services",
-                    "--service",
-                    "classify",
-                    "--models",
-                    MODEL,
-                    "--host",
-                    "127.0.0.1",
-                    "--grpc-port",
-                    str(self.grpc_port),
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--repository",
-                    str(self.repository),
-                    "--drain-grace-seconds",
-                    "5",
-                    "--log-level",
-                    "WARNING",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with NNServeClient(self.address, timeout=1.0) as client:
-            while True:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"replica exited at start:\n{self.log_tail()}")
-                try:
-                    if client.health() == ServingStatus.SERVING:
-                        return
-                except NNServeError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"replica not SERVING in {timeout}s:\n{self.log_tail()}")
-                time.sleep(0.1)
-
-    def answered(self) -> float:
-        """Successful inference requests for MODEL, from this replica's own /metrics."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "nnserve_requests"
-            for sample in family.samples
-            if sample.name == "nnserve_requests_total"
-            and sample.labels.get("model") == MODEL
-            and sample.labels.get("code") == "OK"
-        )
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then the exit code once the drain is over."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+def answered_by(process: ServerProcess) -> float:
+    """Successful inference requests for MODEL, from this replica's own /metrics."""
+    return read_metrics(process).total("nnserve_requests_total", model=MODEL, code="OK")
 
 
 @pytest.fixture(scope="module")
-def replicas(model_repository: Path) -> Iterator[list[Replica]]:
+def replicas(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServerProcess]]:
     envoy_binary()  # skip (or fail in CI) before starting anything
-    with tempfile.TemporaryDirectory(prefix="nnserve-replicas-") as log_dir:
-        started = [Replica(model_repository, Path(log_dir), i) for i in range(REPLICAS)]
-        try:
-            began = time.monotonic()
-            for replica in started:
-                replica.start()
-            for replica in started:
-                replica.wait_serving()
-            print(f"\n{REPLICAS} replicas SERVING in {time.monotonic() - began:.1f}s")
-            yield started
-        finally:
-            for replica in started:
-                replica.kill()
+    log_dir = tmp_path_factory.mktemp("replicas")
+    started = [replica(model_repository, log_dir, i) for i in range(REPLICAS)]
+    try:
+        began = time.monotonic()
+        for process in started:
+            process.launch()
+        for process in started:
+            process.wait_serving()
+        print(f"\n{REPLICAS} replicas SERVING in {time.monotonic() - began:.1f}s")
+        yield started
+    finally:
+        for process in started:
+            process.kill()
 
 
 @pytest.fixture(scope="module")
-def envoy(replicas: list[Replica]) -> Iterator[EnvoyProxy]:
-    config = local_config([r.address for r in replicas], free_port(), free_port())
+def envoy(replicas: list[ServerProcess]) -> Iterator[EnvoyProxy]:
+    config = local_config([r.address for r in replicas])
     with EnvoyProxy(config) as proxy:
         proxy.wait_for_hosts("classify", healthy={r.address for r in replicas})
         yield proxy
@@ -184,8 +103,8 @@ def call_many(address: str, request: pb.ModelInferRequest, expected: Outputs, co
             assert matches(decode_outputs(stub.ModelInfer(request, timeout=10)), expected)
 
 
-def answered(replicas: list[Replica]) -> list[float]:
-    return [r.answered() for r in replicas]
+def answered(replicas: list[ServerProcess]) -> list[float]:
+    return [answered_by(r) for r in replicas]
 
 
 def test_shipped_envoy_config_validates() -> None:
@@ -205,7 +124,7 @@ def test_shipped_envoy_config_validates() -> None:
 
 
 def test_one_channel_spreads_across_replicas(
-    replicas: list[Replica],
+    replicas: list[ServerProcess],
     envoy: EnvoyProxy,
     request_and_expected: tuple[pb.ModelInferRequest, Outputs],
 ) -> None:
@@ -220,7 +139,7 @@ def test_one_channel_spreads_across_replicas(
 
 
 def test_sigterm_under_load_loses_no_request(
-    replicas: list[Replica],
+    replicas: list[ServerProcess],
     envoy: EnvoyProxy,
     request_and_expected: tuple[pb.ModelInferRequest, Outputs],
 ) -> None:
@@ -252,7 +171,7 @@ def test_sigterm_under_load_loses_no_request(
         with lock:
             before_sigterm = sum(outcomes.values())
         started = time.monotonic()
-        exit_code = victim.terminate()
+        exit_code = victim.drain()
         drained_in = time.monotonic() - started
         envoy.wait_for_hosts(
             "classify", healthy={r.address for r in survivors}, unhealthy={victim.address}
@@ -282,21 +201,20 @@ def test_sigterm_under_load_loses_no_request(
 
 
 def test_restarted_replica_rejoins(
-    replicas: list[Replica],
+    replicas: list[ServerProcess],
     envoy: EnvoyProxy,
     request_and_expected: tuple[pb.ModelInferRequest, Outputs],
 ) -> None:
     victim = replicas[0]
-    if victim.proc is not None and victim.proc.poll() is None:
-        victim.terminate()
+    if victim.process.poll() is None:
+        victim.drain()
     started = time.monotonic()
-    victim.start()
-    victim.wait_serving()
+    victim.start()  # on the ports it had
     envoy.wait_for_hosts("classify", healthy={r.address for r in replicas}, timeout=60)
     healthy_in = time.monotonic() - started
     # Envoy's workers pick up the host a moment after its health check passes.
     deadline = time.monotonic() + 20
-    while victim.answered() == 0:
+    while answered_by(victim) == 0:
         assert time.monotonic() < deadline, (
             f"no request reached the restarted replica: {envoy.host_health('classify')}"
         )

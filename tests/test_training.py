@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tests.training_fixtures import TINY, run_cli
+from tests.support.training import TINY, run_cli
 from training import MODEL_NAMES
 from training.api import checkpoint_path, train
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint

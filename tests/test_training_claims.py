@@ -18,7 +18,7 @@ import torch
 
 from evaluation.claims import memory, seeds, spatial, speed
 from evaluation.report import Plan, write_report
-from tests.training_fixtures import TINY, run_cli
+from tests.support.training import TINY, run_cli
 from training import MODEL_NAMES
 from training.data.digits import load_digits_data
 from training.data.gaps import DECIDING_IDS, FILLER_IDS, make_gap_logs

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import golden_inputs, reference_outputs
-from tests.server_harness import RunningServer
+from tests.support.servers import RunningServer
 
 CLIENT = textwrap.dedent(
     """

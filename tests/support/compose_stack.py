@@ -9,7 +9,8 @@ The override changes only what such a machine needs:
   shipped;
 - the trainer, whose torch index may be unreachable, is replaced by a one-shot container
   that copies the models the test session exported into the model_repository volume;
-- published ports move to free loopback ports; Grafana is not started.
+- published ports move to loopback, on ports Docker picks ("127.0.0.1::9090"), read back
+  with `docker compose port` once the stack is up; Grafana is not started.
 
 The stack tests run with `make stack-test` (NNSERVE_STACK_TEST=1); without an engine they
 skip loudly, and fail in CI.
@@ -32,21 +33,24 @@ from typing import Any
 
 import pytest
 
-from tests.docker_engine import BASE_IMAGE, DockerEngine, compose_binary, log
-from tests.envoy_proxy import free_port
-from tests.prometheus_server import missing_tool
+from tests.support.docker_engine import BASE_IMAGE, DockerEngine, log
+from tests.support.paths import ROOT
+from tests.support.tools import compose_binary, missing_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_IMAGE = "nnserve-local/prometheus:2.42"
 SERVING_IMAGE = "nnserve/serving:0.1.0"
 TIMINGS: dict[str, float] = {}
+
+
+# A published port: (service, port in its container).
+Published = tuple[str, int]
 
 
 @dataclass
 class Stack:
     engine: DockerEngine
     compose: list[str]
-    ports: dict[str, int]
+    ports: dict[str, int] = field(default_factory=dict)  # name -> host port on 127.0.0.1
     timings: dict[str, float] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
@@ -54,6 +58,11 @@ class Stack:
 
     def run(self, *args: str, check: bool = True) -> Any:
         return self.engine.run([*self.compose, *args], cwd=ROOT, check=check)
+
+    def published_port(self, service: str, container_port: int) -> int:
+        """The loopback port Docker published `container_port` of `service` on."""
+        out = self.run("port", service, str(container_port)).stdout.strip()
+        return int(out.splitlines()[0].rpartition(":")[2])
 
     def containers(self) -> list[dict[str, Any]]:
         """`docker compose ps --all` as one dict per container."""
@@ -97,7 +106,14 @@ def build_args(image_arg: str = "PYTHON_IMAGE") -> str:
         {image_arg}: {BASE_IMAGE}"""
 
 
-def seed_and_prometheus(seed: Path, prometheus_port: int) -> str:
+def published(*container_ports: int) -> str:
+    """A `ports: !override` list publishing each port on 127.0.0.1, on a port Docker picks."""
+    lines = "".join(f'\n      - "127.0.0.1::{port}"' for port in container_ports)
+    return f"""
+    ports: !override{lines}"""
+
+
+def seed_and_prometheus(seed: Path) -> str:
     """The override's trainer stand-in and Prometheus image (every variant needs them)."""
     return f"""
   trainer:
@@ -118,9 +134,7 @@ def seed_and_prometheus(seed: Path, prometheus_port: int) -> str:
     image: {PROMETHEUS_IMAGE}
     pull_policy: never{build_args("DEBIAN_IMAGE")}
       context: .
-      dockerfile: docker/prometheus-debian.Dockerfile
-    ports: !override
-      - "127.0.0.1:{prometheus_port}:9090"
+      dockerfile: docker/prometheus-debian.Dockerfile{published(9090)}
 """
 
 
@@ -130,11 +144,12 @@ def compose_up(
     name: str,
     compose_files: Sequence[str],
     override: str,
-    ports: dict[str, int],
+    ports: dict[str, Published],
     services: Sequence[str],
     build: Sequence[str],
 ) -> Iterator[Stack]:
-    """Builds `build`, runs `up --wait` for `services`, and always ends with `down -v`."""
+    """Builds `build`, runs `up --wait` for `services`, reads back the host ports of
+    `ports` (name -> (service, container port)), and always ends with `down -v`."""
     with tempfile.TemporaryDirectory() as tmp:
         override_file = Path(tmp) / "docker-compose.test.yml"
         override_file.write_text(override)
@@ -148,7 +163,7 @@ def compose_up(
             "-f",
             str(override_file),
         ]
-        stack = Stack(engine, compose, ports)
+        stack = Stack(engine, compose)
         step = time.monotonic()
         engine.run([*compose, "build", *build], cwd=ROOT, timeout=1800)
         TIMINGS[f"{name}: build {' '.join(build)}"] = time.monotonic() - step
@@ -156,6 +171,9 @@ def compose_up(
             step = time.monotonic()
             stack.run("up", "--detach", "--wait", "--no-build", "--wait-timeout", "300", *services)
             TIMINGS[f"{name}: up --wait"] = time.monotonic() - step
+            for key, (service, container_port) in ports.items():
+                stack.ports[key] = stack.published_port(service, container_port)
+            log(f"{name} published ports: {stack.ports}")
             yield stack
         finally:
             logs = stack.run("logs", "--no-color", "--tail", "30", check=False)
@@ -164,7 +182,3 @@ def compose_up(
             step = time.monotonic()
             stack.run("down", "--volumes", "--timeout", "30", check=False)
             TIMINGS[f"{name}: down -v"] = time.monotonic() - step
-
-
-def free_ports(*names: str) -> dict[str, int]:
-    return {name: free_port() for name in names}

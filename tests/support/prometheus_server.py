@@ -10,65 +10,40 @@ every second and evaluates the recording and alert rules of deploy/prometheus/ru
 every second, so the 1m recording rules have values a few seconds after traffic starts
 (Prometheus 2.x waits about 5 seconds before its first scrape; rates read low until a
 whole minute has been scraped, while ratios and quantiles are right from the start).
-It keeps its TSDB in a temporary directory and is always stopped on exit.
+It listens on 127.0.0.1 port 0 and the port it got is read from its log ("Listening
+on"); it keeps its TSDB in a temporary directory and is always stopped on exit.
 
 Needs the `prometheus` binary on PATH (Debian: `apt-get install prometheus`, which also
-brings `promtool`; `make test` installs it where it can). `require_binary()` fails a
-test where a tool is missing, naming how to install it; with the explicit opt-out
-NNSERVE_TEST_ALLOW_MISSING_TOOLS=1 it skips the test instead, and pytest lists every
-skip with its reason (-rs in pyproject.toml).
+brings `promtool`; `make test` installs it where it can). A missing binary fails the
+test, or skips it with NNSERVE_TEST_ALLOW_MISSING_TOOLS=1 (tests/support/tools.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
-import pytest
+from tests.support.paths import ROOT
+from tests.support.process import ToolProcess
+from tests.support.tools import require_binary
 
-from tests.process_harness import end_process
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 STACK_RULE_FILES: tuple[Path, ...] = (
     PROMETHEUS_DIR / "rules" / "recording.yml",
     PROMETHEUS_DIR / "rules" / "alerts.yml",
 )
+# Its web server's log line once bound: msg="Listening on" address=127.0.0.1:43631
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:([0-9]+)')
 
 # A target is "host:port", or ("host:port", {extra label: value}).
 Target = str | tuple[str, Mapping[str, str]]
-
-
-ALLOW_MISSING_TOOLS = "NNSERVE_TEST_ALLOW_MISSING_TOOLS"
-PROMETHEUS_HINT = "Debian/Ubuntu: apt-get install prometheus"
-
-
-def missing_tool(what: str, hint: str) -> NoReturn:
-    """A tool a test needs is missing: fail, unless the run opted out of the tool."""
-    reason = f"{what} is missing ({hint})"
-    if os.environ.get(ALLOW_MISSING_TOOLS, "").strip() == "1":
-        pytest.skip(f"{reason}; skipped because {ALLOW_MISSING_TOOLS}=1")
-    pytest.fail(f"{reason}; or set {ALLOW_MISSING_TOOLS}=1 to skip such tests", pytrace=False)
-
-
-def require_binary(name: str, hint: str = PROMETHEUS_HINT) -> str:
-    """Path of a tool on PATH, or fail the calling test (see missing_tool)."""
-    path = shutil.which(name)
-    if path is None:
-        missing_tool(f"`{name}`", hint)
-    return path
 
 
 class PrometheusError(RuntimeError):
@@ -85,8 +60,10 @@ class PrometheusQueryError(PrometheusError):
         self.error = error
 
 
-class PrometheusServer:
-    """Starts `prometheus` on 127.0.0.1 with a generated config; a context manager."""
+class PrometheusServer(ToolProcess):
+    """`prometheus` on 127.0.0.1 with a generated config; a context manager."""
+
+    name = "prometheus"
 
     def __init__(
         self,
@@ -99,19 +76,14 @@ class PrometheusServer:
         binary: str | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
+        super().__init__(startup_timeout)
         self.targets = [(t, {}) if isinstance(t, str) else (t[0], dict(t[1])) for t in targets]
         self.job = job
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.rule_files = [Path(p).resolve() for p in rule_files]
         self.binary = binary or require_binary("prometheus")
-        self.startup_timeout = startup_timeout
         self.port: int | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_path: Path | None = None
-
-    # ----------------------------------------------------------------- lifecycle
 
     @property
     def url(self) -> str:
@@ -138,91 +110,37 @@ class PrometheusServer:
             ],
         }
 
-    def start(self) -> PrometheusServer:
-        if self._proc is not None:
-            raise PrometheusError("Prometheus is already running")
-        self._tmp = tempfile.TemporaryDirectory(prefix="nnserve-prometheus-")
-        tmp = Path(self._tmp.name)
-        config_path = tmp / "prometheus.yml"
+    def command(self, workdir: Path) -> list[str]:
+        self.port = None
+        config_path = workdir / "prometheus.yml"
         # JSON is YAML: no YAML library needed to write the config.
         config_path.write_text(json.dumps(self.config(), indent=2))
-        try:
-            # Prometheus cannot report the port it got for :0, so pick a free one and
-            # start again on another if something took it in the meantime.
-            for attempt in range(5):
-                self.port = _free_loopback_port()
-                self._log_path = tmp / f"prometheus-{attempt}.log"
-                if self._launch(config_path, tmp / "data"):
-                    return self
-            raise PrometheusError(f"no free port for Prometheus after 5 tries\n{self.log_tail()}")
-        except BaseException:
-            self.stop()
-            raise
+        return [
+            self.binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            "--web.listen-address=127.0.0.1:0",
+            "--web.enable-lifecycle",
+            "--log.level=info",
+        ]
 
-    def _launch(self, config_path: Path, data_dir: Path) -> bool:
-        """Starts the process; True once ready, False if its port was taken."""
-        assert self._log_path is not None
-        with self._log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={data_dir}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                    "--log.level=info",
-                ],
-                cwd=config_path.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                log_text = self.log_tail()
-                self._proc = None
-                if "address already in use" in log_text:
-                    return False
-                raise PrometheusError(f"Prometheus exited at start\n{log_text}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200 and self._proc.poll() is None:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        raise PrometheusError(
-            f"Prometheus not ready after {self.startup_timeout}s\n{self.log_tail()}"
-        )
+    def ready(self) -> bool:
+        """The port it bound is in its log, and /-/ready answers 200."""
+        if self.port is None:
+            bound = LISTENING.search(self.log_text())
+            if bound is None:
+                return False
+            self.port = int(bound.group(1))
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def stop(self) -> None:
         """Stops the process (SIGTERM, then SIGKILL) and removes its data."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            end_process(proc)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        super().stop()
         self.port = None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the server's log, for failure messages."""
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        text = self._log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
     # ----------------------------------------------------------------- HTTP API
 
@@ -295,9 +213,3 @@ class PrometheusServer:
     def alerts(self) -> list[dict[str, Any]]:
         """Active (pending or firing) alerts."""
         return list(self.api("alerts")["alerts"])
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
