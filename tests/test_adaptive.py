@@ -4,7 +4,6 @@ gated fake runner), and a real server that backs off under a target it cannot me
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from services.batching.adaptive import WINDOW, AdaptiveBatching
 from services.batching.threads import InferenceThreads
 from tests.conftest import golden_inputs
+from tests.support.metrics import read_metrics
 from tests.support.servers import make_settings, running_server
 from tests.test_batcher import GatedRunner, make_batcher, row, started
 from tests.test_kserve_api import infer_request
@@ -75,12 +75,7 @@ def test_a_server_under_an_unmeetable_target_shrinks_its_batches(
         request = infer_request("mlp", golden_inputs(scratch_repository, "mlp"))
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: stub.ModelInfer(request, timeout=30), range(3 * WINDOW)))
-        text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-        caps = [
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("nnserve_batch_cap{") and 'model="mlp"' in line
-        ]
+        caps = read_metrics(server).values("nnserve_batch_cap", model="mlp")
         assert caps and caps[0] < 64  # every window missed the target: backed off
         config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
         assert int(config.parameters["adaptive_batch_cap"].string_value) == caps[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,14 +17,11 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.errors import MAX_MESSAGE_CHARS
 from tests.conftest import golden_inputs, model_json
+from tests.support.metrics import scrape
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
 Code = grpc.StatusCode
-
-
-def _metrics(server: RunningServer) -> str:
-    return urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
 
 
 def test_rows_over_max_batch_size_are_refused_before_decoding(
@@ -86,7 +82,7 @@ def test_long_client_strings_never_overflow_the_status(classify_server: RunningS
     assert err.value.code() == Code.INVALID_ARGUMENT
     assert len(err.value.details()) <= MAX_MESSAGE_CHARS
     # Unknown model names do not become metric label values.
-    assert "m" * 100 not in _metrics(classify_server)
+    assert "m" * 100 not in scrape(classify_server)
 
 
 def test_unknown_method_paths_answer_unimplemented_and_are_not_kept(
@@ -98,7 +94,7 @@ def test_unknown_method_paths_answer_unimplemented_and_are_not_kept(
         with pytest.raises(grpc.RpcError) as err:
             channel.unary_unary(path)(b"", timeout=5)
         assert err.value.code() == Code.UNIMPLEMENTED
-    text = _metrics(classify_server)
+    text = scrape(classify_server)
     assert "X" * 100 not in text  # no label values, no cached handlers per path
     assert pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest()).live
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -34,6 +33,7 @@ from tests.support.compose_stack import (
     seed_and_prometheus,
 )
 from tests.support.docker_engine import DockerEngine, log
+from tests.support.metrics import Metrics
 from tests.test_kserve_api import decode_outputs, infer_request
 from tests.test_scaleout import LOAD_CLIENTS, MODEL, Outputs, call_many, matches
 
@@ -86,15 +86,7 @@ def answered(stack: Stack, container: str) -> float:
         f"'http://127.0.0.1:{METRICS_PORT['classify']}/metrics', timeout=5).read().decode())"
     )
     text = stack.engine.run(["docker", "exec", container, "python", "-c", script], quiet=True)
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text.stdout)
-        if family.name == "nnserve_requests"
-        for sample in family.samples
-        if sample.name == "nnserve_requests_total"
-        and sample.labels.get("model") == MODEL
-        and sample.labels.get("code") == "OK"
-    )
+    return Metrics.parse(text.stdout).total("nnserve_requests_total", model=MODEL, code="OK")
 
 
 def per_replica(stack: Stack, names: list[str]) -> list[float]:

@@ -16,6 +16,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.conftest import golden_inputs, model_json
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import full_length_request, infer_request
 
@@ -253,14 +254,7 @@ def test_expired_request_is_not_run(scratch_repository: Path, model_repository: 
 
 
 def _metric_sum(server: RunningServer, metric: str, model: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(metric) and f'model="{model}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return read_metrics(server).total(metric, model=model)
 
 
 def test_deadline_passing_in_queue_is_counted_as_deadline_exceeded(
@@ -292,25 +286,10 @@ def test_deadline_passing_in_queue_is_counted_as_deadline_exceeded(
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp")).model_stats[0]
         assert stats.inference_stats.fail.count == 1
         assert stats.inference_stats.success.count == 2
-        text = _metrics_text(server)
-        assert _counter(text, "mlp", "DEADLINE_EXCEEDED") == 1.0
+        counted = read_metrics(server).total(
+            "nnserve_requests_total", model="mlp", code="DEADLINE_EXCEEDED"
+        )
+        assert counted == 1.0
         # Only the two successful requests' rows were ever computed.
         rows = request.inputs[0].shape[0]
         assert _metric_sum(server, "nnserve_batch_size_sum", "mlp") - rows_before == rows
-
-
-def _metrics_text(server: RunningServer) -> str:
-    import urllib.request
-
-    return urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-
-
-def _counter(text: str, model: str, code: str) -> float:
-    for line in text.splitlines():
-        if (
-            line.startswith("nnserve_requests_total{")
-            and f'model="{model}"' in line
-            and f'code="{code}"' in line
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from contract.model import read_spec, sha256_of
 from export import manifest
@@ -39,6 +37,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.batching.merge import BatchLayout
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer, make_settings, running_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.logs import VOCABULARY, is_valid
@@ -124,12 +123,7 @@ def assert_same_explanations(a: npb.SequenceResult, b: npb.SequenceResult) -> No
 
 def explain_batches(server: RunningServer) -> float:
     """Batches the explain graph has run (its batch-size histogram's count)."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "nnserve_batch_size_count" and s.labels["model"] == f"{MODEL}:explain":
-                return s.value
-    return 0.0
+    return read_metrics(server).total("nnserve_batch_size_count", model=f"{MODEL}:explain")
 
 
 # ---------------------------------------------------------------- export contract

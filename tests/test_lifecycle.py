@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs, reference_outputs
+from tests.support.metrics import read_metrics, scrape
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.support.tools import require_binary
 from tests.test_kserve_api import decode_outputs, full_length_request, infer_request
@@ -33,10 +33,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def health_status(server: RunningServer, service: str = "") -> int:
     stub = health_pb2_grpc.HealthStub(server.channel())
     return stub.Check(health_pb2.HealthCheckRequest(service=service)).status
-
-
-def metrics_text(server: RunningServer) -> str:
-    return urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
 
 
 def test_health_not_serving_until_model_loads_then_serving_then_draining(
@@ -164,7 +160,8 @@ def test_require_gpu_on_cpu_machine_leaves_model_unready_others_serve(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "require_gpu" in err.value.details()
         assert stub.ModelInfer(infer_request("mlp", golden_inputs(scratch_repository, "mlp")))
-        assert 'nnserve_model_ready{model="cnn",version="1"} 0.0' in metrics_text(server)
+        ready = read_metrics(server).value("nnserve_model_ready", model="cnn", version="1")
+        assert ready == 0.0
 
 
 def test_failed_golden_check_keeps_model_unready(scratch_repository: Path) -> None:
@@ -216,17 +213,9 @@ def test_batches_form_under_concurrency_and_results_stay_per_request(
         for i, future in futures:
             got = decode_outputs(future.result(timeout=30))["probabilities"]
             np.testing.assert_allclose(got[0], expected[i], rtol=1e-5, atol=1e-6)
-        text = metrics_text(batching)
-    count = bucket_le1 = 0.0
-    for line in text.splitlines():
-        if line.startswith("nnserve_batch_size_count") and 'model="mlp"' in line:
-            count = float(line.split()[-1])
-        if (
-            line.startswith("nnserve_batch_size_bucket")
-            and 'model="mlp"' in line
-            and 'le="1.0"' in line
-        ):
-            bucket_le1 = float(line.split()[-1])
+        metrics = read_metrics(batching)
+    count = metrics.total("nnserve_batch_size_count", model="mlp")
+    bucket_le1 = metrics.total("nnserve_batch_size_bucket", model="mlp", le="1.0")
     assert count > bucket_le1, "no batch larger than one request formed"
 
     # Sequence: different lengths padded into shared batches, each answer as if alone.
@@ -255,7 +244,7 @@ def test_metrics_exposition_is_valid_and_complete(
 ) -> None:
     stub = pb_grpc.GRPCInferenceServiceStub(classify_server.channel())
     stub.ModelInfer(infer_request("mlp", golden_inputs(model_repository, "mlp")))
-    text = metrics_text(classify_server)
+    text = scrape(classify_server)
     for name in (
         "nnserve_requests_total",
         "nnserve_request_duration_seconds_bucket",
@@ -290,12 +279,7 @@ def test_measure_policy_times_providers_and_reports_placement(scratch_repository
         placement = config.parameters["placement_CPUExecutionProvider"].string_value
         # On this CPU-only machine only the CPU is timed, at batch 1, 8 and the max batch.
         assert "batch 1:" in placement and "batch 8:" in placement and "batch 64:" in placement
-        text = metrics_text(server)
-        timed = [
-            line
-            for line in text.splitlines()
-            if line.startswith("nnserve_placement_seconds{") and 'model="mlp"' in line
-        ]
-        assert len(timed) == 3 and all(float(line.split()[-1]) > 0 for line in timed)
+        timed = read_metrics(server).values("nnserve_placement_seconds", model="mlp")
+        assert len(timed) == 3 and all(value > 0 for value in timed)
         response = stub.ModelInfer(infer_request("mlp", golden_inputs(scratch_repository, "mlp")))
         assert response.outputs

@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from contract.model import is_model_name, scan, version_number
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
@@ -86,12 +86,8 @@ def index_of(stub: pb_grpc.GRPCInferenceServiceStub) -> dict[tuple[str, str], An
     return {(m.name, m.version): m for m in models}
 
 
-def metric(url: str, line_prefix: str) -> float:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.split()[-1])
-    return 0.0
+def load_failures(server: RunningServer, model: str) -> float:
+    return read_metrics(server).total("nnserve_model_load_failures_total", model=model)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -272,8 +268,7 @@ def test_explicit_load_fails_loudly_even_while_an_older_version_serves(
     with running_server(settings) as server:
         stub = stub_of(server)
         request = infer_request("mlp", golden_inputs(scratch_repository, "mlp"))
-        failures = 'nnserve_model_load_failures_total{model="mlp"}'
-        assert metric(server.metrics_url, failures) == 0
+        assert load_failures(server, "mlp") == 0
 
         stage_version(scratch_repository, "mlp", 2, break_goldens)
         code, details = code_of(
@@ -285,7 +280,7 @@ def test_explicit_load_fails_loudly_even_while_an_older_version_serves(
         assert stub.ModelReady(pb.ModelReadyRequest(name="mlp")).ready
         assert not stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="2")).ready
         assert index_of(stub)[("mlp", "2")].state == "UNAVAILABLE"
-        assert metric(server.metrics_url, failures) == 1
+        assert load_failures(server, "mlp") == 1
 
         # A model with no good version: the error says nothing serves.
         onnx = scratch_repository / "cnn" / "1" / "model.onnx"
@@ -303,7 +298,7 @@ def test_explicit_load_fails_loudly_even_while_an_older_version_serves(
         request.model_version = ""
         assert stub.ModelInfer(request).model_version == "2"
         assert {v for n, v in index_of(stub) if n == "mlp"} == {"1", "2"}
-        assert metric(server.metrics_url, failures) == 1
+        assert load_failures(server, "mlp") == 1
 
 
 def test_explicit_load_finishes_when_its_caller_gives_up(scratch_repository: Path) -> None:
@@ -394,7 +389,6 @@ def test_poll_rolls_out_keeps_good_version_over_broken_one_and_rolls_back(
     with running_server(settings) as server:
         stub = stub_of(server)
         request = infer_request("mlp", golden_inputs(scratch_repository, "mlp"))
-        failures = 'nnserve_model_load_failures_total{model="mlp"}'
         config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
         assert config.version_policy.latest.num_versions == 1
         code, details = code_of(
@@ -412,9 +406,9 @@ def test_poll_rolls_out_keeps_good_version_over_broken_one_and_rolls_back(
         assert not stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="2")).ready
         health = health_pb2_grpc.HealthStub(server.channel())
         assert health.Check(health_pb2.HealthCheckRequest(service="mlp")).status == SERVING
-        assert metric(server.metrics_url, 'nnserve_model_ready{model="mlp",version="2"}') == 0
+        assert read_metrics(server).total("nnserve_model_ready", model="mlp", version="2") == 0
         time.sleep(0.5)  # several polls: an unchanged broken version is not retried
-        assert metric(server.metrics_url, failures) == 1
+        assert load_failures(server, "mlp") == 1
 
         # The fixed version 2 replaces it: serves, and version 1 is retired.
         remove_version(scratch_repository, "mlp", 2)
@@ -430,7 +424,7 @@ def test_poll_rolls_out_keeps_good_version_over_broken_one_and_rolls_back(
         wait_until(lambda: code_of(stub.ModelInfer, request)[0] == Code.OK
                    and stub.ModelInfer(request).model_version == "1")  # fmt: skip
         wait_until(lambda: set(index_of(stub)) == {("mlp", "1")})
-        assert metric(server.metrics_url, failures) == 1
+        assert load_failures(server, "mlp") == 1
 
         # The whole folder of a configured model removed: reported not found; back: ready.
         os.rename(scratch_repository / "mlp", scratch_repository / ".mlp")

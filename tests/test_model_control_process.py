@@ -9,7 +9,6 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import golden_inputs
+from tests.support.metrics import read_metrics
 from tests.support.process import ServerProcess, server_process
 from tests.test_kserve_api import infer_request
 from tests.test_model_control import break_goldens, index_of, stage_version
@@ -27,15 +27,6 @@ from tests.test_model_control import break_goldens, index_of, stage_version
 Code = grpc.StatusCode
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def metrics_of(server: ServerProcess) -> dict[str, float]:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
 
 
 @dataclass
@@ -117,7 +108,7 @@ def test_corrupt_repository_at_start_serves_healthy_models_and_reports_broken_on
         )
         assert not stub.ServerReady(pb.ServerReadyRequest()).ready  # strict: not all ready
         index = index_of(stub)
-        metrics = metrics_of(server)
+        metrics = read_metrics(server)
         log = server.log()
         for name, reason in broken.items():
             assert not stub.ModelReady(pb.ModelReadyRequest(name=name)).ready
@@ -125,8 +116,8 @@ def test_corrupt_repository_at_start_serves_healthy_models_and_reports_broken_on
             assert reason in index[(name, "1")].reason
             status = health.Check(health_pb2.HealthCheckRequest(service=name)).status
             assert status == NOT_SERVING, name
-            assert metrics[f'nnserve_model_ready{{model="{name}",version="1"}}'] == 0
-            assert metrics[f'nnserve_model_load_failures_total{{model="{name}"}}'] == 1
+            assert metrics.value("nnserve_model_ready", model=name, version="1") == 0
+            assert metrics.value("nnserve_model_load_failures_total", model=name) == 1
             assert f"model {name}/1 failed to load: " in log
             line = next(x for x in log.splitlines() if f"model {name}/1 failed to load" in x)
             assert reason in line
@@ -136,7 +127,7 @@ def test_corrupt_repository_at_start_serves_healthy_models_and_reports_broken_on
                 raise AssertionError(f"{name} answered")
             except grpc.RpcError as exc:
                 assert exc.code() == Code.UNAVAILABLE and reason in (exc.details() or "")
-        assert metrics['nnserve_model_ready{model="transformer",version="1"}'] == 1
+        assert metrics.value("nnserve_model_ready", model="transformer", version="1") == 1
         assert "skipping" in log and "²" in log
         assert "Traceback" not in log
 
@@ -169,11 +160,10 @@ def test_poll_mode_new_version_under_load_loses_no_request(
         assert traffic.versions()["1"] > 0 and traffic.versions()["2"] > 0
         assert set(traffic.versions(since=switched + 0.1)) == {"2"}
         assert set(index_of(stub)) == {("mlp", "2")}  # version 1 retired
-        metrics = metrics_of(server)
+        metrics = read_metrics(server)
         ok = sum(
-            metrics.get(
-                f'nnserve_requests_total{{code="OK",method="ModelInfer",model="mlp",version="{v}"}}',
-                0.0,
+            metrics.total(
+                "nnserve_requests_total", code="OK", method="ModelInfer", model="mlp", version=v
             )
             for v in ("1", "2")
         )

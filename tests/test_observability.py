@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -45,6 +44,7 @@ from protos import nnserve_pb2_grpc as npb_grpc
 from services.core.dataplane import UNKNOWN_MODEL
 from services.ops.metrics import LATENCY_BUCKETS
 from tests.conftest import ALL_MODELS, CLASSIFY_MODELS, SEQUENCE_MODELS, golden_inputs, model_json
+from tests.support.metrics import scrape
 from tests.support.prometheus_server import PrometheusServer
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.support.tools import require_binary
@@ -490,7 +490,7 @@ def test_error_alert_goes_pending_for_server_side_errors_only(stack: Stack) -> N
 @pytest.mark.parametrize("service", ["classify", "sequence"])
 def test_promtool_check_metrics(stack: Stack, promtool: str, service: str) -> None:
     server = stack.servers[service]
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    text = scrape(server)
     assert "nnserve_request_duration_seconds_bucket" in text
     result = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30

@@ -11,7 +11,6 @@ and report nothing, and report `no_gpu` (a WARNING) where there is none.
 from __future__ import annotations
 
 import logging
-import urllib.request
 from pathlib import Path
 
 import onnxruntime as ort
@@ -21,6 +20,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
+from tests.support.metrics import read_metrics
 from tests.support.servers import make_settings, running_server
 from tests.test_gpu_build import gpu_listed
 
@@ -45,21 +45,18 @@ def test_fallback_reported_in_log_model_config_and_metric(
     with running_server(settings) as server:
         v2 = pb_grpc.GRPCInferenceServiceStub(server.channel())
         domain = npb_grpc.PredictorStub(server.channel())
-        metrics = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-        fallback_lines = [
-            line for line in metrics.splitlines() if line.startswith("nnserve_provider_fallback{")
-        ]
+        fallbacks = read_metrics(server).select("nnserve_provider_fallback")
         for model, may_fall_back in (("mlp", True), ("cnn", True), ("perceptron", False)):
             config = v2.ModelConfig(pb.ModelConfigRequest(name=model)).config
             described = domain.DescribeModel(npb.DescribeModelRequest(model_name=model))
             reported = config.parameters["execution_provider_fallback"].string_value
-            series = [line for line in fallback_lines if f'model="{model}"' in line]
+            series = [s for s in fallbacks if s.labels.get("model") == model]
             if may_fall_back and reason:
                 assert described.provider == CPU
                 assert reported == reason
                 assert len(series) == 1
-                assert f'reason="{reason}"' in series[0] and 'version="1"' in series[0]
-                assert float(series[0].split()[-1]) == 1.0
+                assert series[0].labels["reason"] == reason and series[0].labels["version"] == "1"
+                assert series[0].value == 1.0
             else:  # cpu_only asked for the CPU; with a GPU the others got CUDA
                 assert described.provider == (CPU if model == "perceptron" else CUDA)
                 assert reported == ""

@@ -29,7 +29,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from nnserve_client import NNServeClient, NNServeError, ServingStatus
@@ -52,6 +50,7 @@ from services.ops import auth
 from services.rpc.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
 from tests.conftest import golden_inputs
+from tests.support.metrics import read_metrics
 from tests.support.pki import CA, Issued, issue, make_ca, serial_of
 from tests.support.ports import shared_port
 from tests.support.servers import RunningServer, make_settings, running_server
@@ -144,17 +143,6 @@ def replace_file(source: Path, target: Path) -> None:
     tmp = target.with_suffix(target.suffix + ".tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-
-
-def metric_values(server: RunningServer, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                values[tuple(sorted(sample.labels.items()))] = sample.value
-    return values
 
 
 # ---------------------------------------------------------------- tritonclient
@@ -483,14 +471,14 @@ def test_tokens_roles_metrics_and_logs(
         services = {s.name for s in listed.list_services_response.service}
         assert {KSERVE_SERVICE, PREDICTOR_SERVICE} <= services
 
-        failures = metric_values(server, "nnserve_auth_failures_total")
+        failures = read_metrics(server).by_labels("nnserve_auth_failures_total")
         assert failures == {
             (("reason", "missing"),): 3.0,  # ModelInfer, ModelStreamInfer, Classify
             (("reason", "malformed"),): 2.0,  # Basic scheme, over-long value
             (("reason", "invalid"),): 1.0,
             (("reason", "forbidden"),): 1.0,
         }
-        handled = metric_values(server, "grpc_server_handled_total")
+        handled = read_metrics(server).by_labels("grpc_server_handled_total")
 
         def count(method: str, code: str) -> float:
             key = (("grpc_code", code), ("grpc_method", method))

@@ -18,9 +18,9 @@ from nnserve_client.aio import AsyncNNServeClient
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.rpc.pipelining import MAX_ID_CHARS
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer
 from tests.test_client_real import digit_images, event_runs, loan_rows
-from tests.test_streaming import metric
 
 Code = grpc.StatusCode
 
@@ -45,7 +45,7 @@ def test_classify_stream_answers_each_batch_as_the_unary_call_does(
     batches = batches_of(rows, 60)
     bad = len(batches)
     batches.append([{"age": 1.0}])  # missing features: this one fails, the rest go on
-    before = metric(classify_server, "nnserve_requests_total", method="ClassifyStream")
+    before = read_metrics(classify_server).total("nnserve_requests_total", method="ClassifyStream")
     with NNServeClient(classify_server.address) as client:
         answers = dict(client.classify_stream("mlp", batches, top_k=2))
         assert sorted(answers) == list(range(len(batches)))  # each batch answered once
@@ -53,7 +53,7 @@ def test_classify_stream_answers_each_batch_as_the_unary_call_does(
         assert isinstance(failure, NNServeError) and failure.code == Code.INVALID_ARGUMENT
         for index, result in answers.items():
             assert_same(result, client.classify_tabular("mlp", batches[index], top_k=2))
-    after = metric(classify_server, "nnserve_requests_total", method="ClassifyStream")
+    after = read_metrics(classify_server).total("nnserve_requests_total", method="ClassifyStream")
     assert after - before == len(batches)
 
 

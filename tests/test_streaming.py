@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,6 +23,7 @@ from contract.model import read_spec
 from nnserve_client import NNServeClient, NNServeError
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer, make_settings, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,16 +56,6 @@ def rows_of(repository: Path) -> list[list[int]]:
 def close_to(actual: list[float], expected: list[float]) -> None:
     # The contract's golden tolerance (atol 1e-4, rtol 1e-3).
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4)
-
-
-def metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        series = line.startswith(name + "{") or line.startswith(name + " ")
-        if series and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def call_error(fn: object) -> grpc.RpcError:
@@ -172,13 +162,13 @@ def test_bad_input_gets_clear_statuses(sequence_server: RunningServer) -> None:
             Code.INVALID_ARGUMENT,
         ),
     }
-    open_before = metric(sequence_server, "nnserve_sessions_open", model="lstm")
+    open_before = read_metrics(sequence_server).total("nnserve_sessions_open", model="lstm")
     for what, (requests, code) in cases.items():
         error = call_error(lambda r=requests: stream_all(predictor, *r))  # type: ignore[misc]
         assert error.code() == code, what
         assert len(error.details() or "") < 300, what  # never echoes unbounded input
     # Sessions opened by calls that failed in their first message are not left behind.
-    assert metric(sequence_server, "nnserve_sessions_open", model="lstm") == open_before
+    assert read_metrics(sequence_server).total("nnserve_sessions_open", model="lstm") == open_before
     error = call_error(lambda: stream_all(predictor, opened, opened))
     assert error.code() == Code.INVALID_ARGUMENT  # open or resume only in the first message
 
@@ -194,22 +184,32 @@ def test_a_session_is_used_by_one_call_at_a_time(sequence_server: RunningServer)
 
 def test_session_metrics(sequence_server: RunningServer) -> None:
     def stage_count() -> float:
-        return metric(sequence_server, "nnserve_request_stage_seconds_count", model="lstm")
+        return read_metrics(sequence_server).total(
+            "nnserve_request_stage_seconds_count", model="lstm"
+        )
 
     stages_before = stage_count()
-    events_before = metric(sequence_server, "nnserve_session_events_total", model="lstm")
-    open_before = metric(sequence_server, "nnserve_sessions_open", model="lstm")
+    events_before = read_metrics(sequence_server).total(
+        "nnserve_session_events_total", model="lstm"
+    )
+    open_before = read_metrics(sequence_server).total("nnserve_sessions_open", model="lstm")
     with client(sequence_server) as c:
         vocabulary = c.describe("lstm").vocabulary
         session = c.stream("lstm")
         session.send(list(vocabulary[2:7]))
-        assert metric(sequence_server, "nnserve_sessions_open", model="lstm") == open_before + 1
+        assert (
+            read_metrics(sequence_server).total("nnserve_sessions_open", model="lstm")
+            == open_before + 1
+        )
         session.close(end_session=True)
-    assert metric(sequence_server, "nnserve_sessions_open", model="lstm") == open_before
-    assert metric(sequence_server, "nnserve_session_events_total", model="lstm") == (
+    assert read_metrics(sequence_server).total("nnserve_sessions_open", model="lstm") == open_before
+    assert read_metrics(sequence_server).total("nnserve_session_events_total", model="lstm") == (
         events_before + 5
     )
-    assert metric(sequence_server, "nnserve_requests_total", method="Stream", code="OK") >= 2
+    assert (
+        read_metrics(sequence_server).total("nnserve_requests_total", method="Stream", code="OK")
+        >= 2
+    )
     # Stream messages run step batches, not the request batcher: no request stages.
     assert stage_count() == stages_before
 
@@ -238,10 +238,10 @@ def test_ttl_expiry_and_the_session_bound(scratch_repository: Path) -> None:
         session_id = first.session_id
         first.close()  # released: resumable for 0.5 s of idleness
         deadline = time.monotonic() + 10
-        while metric(server, "nnserve_sessions_expired_total", model="lstm") < 1:
+        while read_metrics(server).total("nnserve_sessions_expired_total", model="lstm") < 1:
             assert time.monotonic() < deadline, "the sweep never dropped the idle session"
             time.sleep(0.05)
-        assert metric(server, "nnserve_sessions_open", model="lstm") == 1
+        assert read_metrics(server).total("nnserve_sessions_open", model="lstm") == 1
         with pytest.raises(NNServeError) as err:
             c.resume_stream(session_id)
         assert err.value.code == Code.NOT_FOUND
@@ -249,7 +249,7 @@ def test_ttl_expiry_and_the_session_bound(scratch_repository: Path) -> None:
         assert third.send([token])[0].position == 0
         third.close(end_session=True)
         second.close(end_session=True)
-        assert metric(server, "nnserve_sessions_expired_total", model="lstm") == 1
+        assert read_metrics(server).total("nnserve_sessions_expired_total", model="lstm") == 1
 
 
 # ---------------------------------------------------------------- batching across sessions
@@ -297,10 +297,12 @@ def test_concurrent_streams_share_step_batches(scratch_repository: Path) -> None
             close_to([results[i]], list(expected[i].position_scores))
         for s in sessions:
             s.close(end_session=True)
-        batches = metric(server, "nnserve_step_batch_size_count", model="lstm")
-        rows = metric(server, "nnserve_step_batch_size_sum", model="lstm")
+        batches = read_metrics(server).total("nnserve_step_batch_size_count", model="lstm")
+        rows = read_metrics(server).total("nnserve_step_batch_size_sum", model="lstm")
         assert rows - batches >= n - 2  # at least one batch ran n - 1 events at once
-        big = batches - metric(server, "nnserve_step_batch_size_bucket", model="lstm", le="4.0")
+        big = batches - read_metrics(server).total(
+            "nnserve_step_batch_size_bucket", model="lstm", le="4.0"
+        )
         assert big >= 1  # a batch of more than 4 events
 
 

@@ -9,7 +9,6 @@ import itertools
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from services.ops.logs import JsonFormatter
 from services.ops.metrics import STAGES
 from tests.conftest import golden_inputs
+from tests.support.metrics import read_metrics
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.test_kserve_api import infer_request
 
@@ -95,32 +95,24 @@ def test_tracing_is_off_by_default(classify_server: RunningServer) -> None:
     assert classify_server.server.tracing is None
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_stage_histograms_sum_to_the_request(
     traced: tuple[RunningServer, InMemorySpanExporter], model_repository: Path
 ) -> None:
     server, _ = traced
     stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
     request = infer_request("mlp", golden_inputs(model_repository, "mlp"))
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    before = {s: _metric(text, "nnserve_request_stage_seconds_count", stage=s) for s in STAGES}
+    metrics = read_metrics(server)
+    before = {s: metrics.total("nnserve_request_stage_seconds_count", stage=s) for s in STAGES}
     for _ in range(20):
         stub.ModelInfer(request, timeout=10)
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    metrics = read_metrics(server)
     for stage in STAGES:
-        count = _metric(text, "nnserve_request_stage_seconds_count", model="mlp", stage=stage)
+        count = metrics.total("nnserve_request_stage_seconds_count", model="mlp", stage=stage)
         assert count - before[stage] == 20, stage
     stage_sum = sum(
-        _metric(text, "nnserve_request_stage_seconds_sum", model="mlp", stage=s) for s in STAGES
+        metrics.total("nnserve_request_stage_seconds_sum", model="mlp", stage=s) for s in STAGES
     )
-    request_sum = _metric(text, "nnserve_request_duration_seconds_sum", model="mlp")
+    request_sum = metrics.total("nnserve_request_duration_seconds_sum", model="mlp")
     # Every request so far succeeded, so the stages explain the requests' time (the rest
     # is model lookup and accounting, microseconds).
     assert 0.8 * request_sum <= stage_sum <= request_sum
