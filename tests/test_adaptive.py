@@ -11,11 +11,11 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from services.batching.adaptive import WINDOW, AdaptiveBatching
 from services.batching.threads import InferenceThreads
-from tests.conftest import golden_inputs
+from tests.support.batching import GatedRunner, make_batcher, row, started
+from tests.support.inference import infer_request
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
 from tests.support.servers import make_settings, running_server
-from tests.test_batcher import GatedRunner, make_batcher, row, started
-from tests.test_kserve_api import infer_request
 
 
 def test_over_target_backs_off_multiplicatively_under_target_probes_additively() -> None:

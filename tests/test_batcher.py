@@ -7,47 +7,15 @@ server in test_errors.py and test_lifecycle.py.)"""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 
-import numpy as np
 import pytest
 
-from services.batching.batcher import Batcher, BatchFailed
-from services.batching.merge import BatchLayout
+from services.batching.batcher import BatchFailed
 from services.batching.threads import InferenceThreads
 from services.errors import DeadlineExpired, InvalidInput, QueueFull
-from services.ops.metrics import Metrics
-from services.settings import DevicePolicy, ServingConfig
-
-CPU = "CPUExecutionProvider"
-FAIL = -1.0  # a row holding this value makes its batch fail
-
-
-class GatedRunner:
-    """Records each batch; the first `blocked` runs wait until `gate` is set."""
-
-    output_names = ("y",)
-
-    def __init__(self, blocked: int = 1) -> None:
-        self.gate = threading.Event()
-        self.entered = threading.Semaphore(0)
-        self.batches: list[list[float]] = []
-        self._blocked = blocked
-
-    def provider_for(self, rows: int) -> str:
-        return CPU
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        x = feeds["x"]
-        self.batches.append(x[:, 0].tolist())
-        self.entered.release()
-        if len(self.batches) <= self._blocked:
-            self.gate.wait(10)
-        if (x == FAIL).any():
-            raise RuntimeError("bad batch")
-        return [x * 2]
+from tests.support.batching import FAIL, GatedRunner, make_batcher, row, started
 
 
 @pytest.fixture
@@ -55,30 +23,6 @@ async def threads() -> AsyncIterator[InferenceThreads]:
     pool = InferenceThreads(2)
     yield pool
     pool.shutdown()
-
-
-def make_batcher(
-    runner: GatedRunner,
-    threads: InferenceThreads,
-    *,
-    max_batch: int = 8,
-    max_queue: int = 64,
-    delay_s: float = 0.0,
-    slots: int = 1,
-) -> Batcher:
-    config = ServingConfig(DevicePolicy.CPU_ONLY, max_batch, delay_s, max_queue)
-    metrics = Metrics().for_model("fake", 1, (CPU,))
-    return Batcher("fake/1", runner, BatchLayout({}, frozenset()), threads, metrics, config, slots)
-
-
-def row(value: float, rows: int = 1) -> dict[str, np.ndarray]:
-    return {"x": np.full((rows, 2), value, np.float32)}
-
-
-async def started(runner: GatedRunner, count: int = 1) -> None:
-    """Wait until `count` more batches have entered the runner."""
-    for _ in range(count):
-        assert await asyncio.to_thread(runner.entered.acquire, True, 10)
 
 
 async def test_arrivals_during_a_run_form_one_batch(threads: InferenceThreads) -> None:

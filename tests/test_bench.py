@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 FEATURES = ["age", "years_experience", "income", "debt_ratio"]
 
 

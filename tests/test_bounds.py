@@ -16,10 +16,15 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.errors import MAX_MESSAGE_CHARS
-from tests.conftest import golden_inputs, model_json
+from tests.support.inference import infer_request
 from tests.support.metrics import scrape
-from tests.support.servers import RunningServer, make_settings, running_server
-from tests.test_kserve_api import infer_request
+from tests.support.models import golden_inputs, model_json
+from tests.support.servers import (
+    RunningServer,
+    hold_inference_thread,
+    make_settings,
+    running_server,
+)
 
 Code = grpc.StatusCode
 
@@ -111,16 +116,8 @@ def _held_burst(
         **limits,
     )  # fmt: skip
     request = heavy_request(model_repository)
-    with running_server(settings) as server:
+    with running_server(settings) as server, hold_inference_thread(server) as gate:
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
-        gate, held = threading.Event(), threading.Event()
-
-        def hold(_: object) -> None:
-            held.set()
-            gate.wait(10)
-
-        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
-        assert held.wait(5)
         codes: list[grpc.StatusCode] = []
         details: list[str] = []
         lock = threading.Lock()
@@ -204,16 +201,8 @@ def test_a_stream_reads_no_further_than_its_window(
         scratch_repository, models=["mlp"], inference_threads=1, max_stream_inflight=8,
     )  # fmt: skip
     features = golden_inputs(model_repository, "mlp")["features"][:1]
-    with running_server(settings) as server:
+    with running_server(settings) as server, hold_inference_thread(server) as gate:
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
-        gate, held = threading.Event(), threading.Event()
-
-        def hold(_: object) -> None:
-            held.set()
-            gate.wait(10)
-
-        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
-        assert held.wait(5)
         requests = []
         for i in range(40):
             request = infer_request("mlp", {"features": features})

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from concurrent import futures
@@ -33,8 +31,7 @@ from nnserve_client import (
 )
 from nnserve_client.inputs import InputError, parse_events, parse_features, read_image
 from protos import nnserve_pb2, nnserve_pb2_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.cli import client_cli
 
 # ---------------------------------------------------------------- the fake models
 
@@ -210,16 +207,6 @@ UNREACHABLE = "127.0.0.1:1"
 def client(address: str) -> Iterator[NNServeClient]:
     with NNServeClient(address, timeout=5.0) as c:
         yield c
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nnserve_client", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
 
 
 def corner_digit() -> np.ndarray:
@@ -431,34 +418,34 @@ def _is_table_row(line: str) -> bool:
 
 
 def test_cli_health_exit_codes(address: str) -> None:
-    ok = run_cli("--address", address, "health")
+    ok = client_cli("--address", address, "health")
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
-    model = run_cli("health", "--model", "mlp", "--address", address)  # options after command
+    model = client_cli("health", "--model", "mlp", "--address", address)  # options after command
     assert (model.returncode, model.stdout.strip()) == (0, "SERVING")
-    down = run_cli("--address", address, "health", "--model", "cnn")
+    down = client_cli("--address", address, "health", "--model", "cnn")
     assert (down.returncode, down.stdout.strip()) == (1, "NOT_SERVING")
-    unknown = run_cli("--address", address, "--json", "health", "--model", "nope")
+    unknown = client_cli("--address", address, "--json", "health", "--model", "nope")
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout) == {"service": "nope", "status": "SERVICE_UNKNOWN"}
-    dead = run_cli("--address", UNREACHABLE, "--timeout", "3", "health")
+    dead = client_cli("--address", UNREACHABLE, "--timeout", "3", "health")
     assert dead.returncode == 1
     assert "UNAVAILABLE" in dead.stderr
 
 
 def test_cli_describe(address: str) -> None:
-    proc = run_cli("--address", address, "describe", "mlp")
+    proc = client_cli("--address", address, "describe", "mlp")
     assert proc.returncode == 0, proc.stderr
     assert "features:   age, income, debt_ratio" in proc.stdout
     assert "labels:     rejected, approved" in proc.stdout
     assert "accuracy:   0.97" in proc.stdout
-    as_json = json.loads(run_cli("--address", address, "describe", "lstm", "--json").stdout)
+    as_json = json.loads(client_cli("--address", address, "describe", "lstm", "--json").stdout)
     assert as_json["vocabulary"] == list(VOCAB)
     assert as_json["provider"] == "CUDAExecutionProvider"
 
 
 def test_cli_loan_features(address: str) -> None:
     args = ["--feature", "age=35", "--feature", "income=4200", "--feature", "debt_ratio=0.3"]
-    proc = run_cli("--address", address, "loan", "mlp", *args)
+    proc = client_cli("--address", address, "loan", "mlp", *args)
     assert proc.returncode == 0, proc.stderr
     scores = loan_scores([35, 4200, 0.3])
     best = int(np.argmax(scores))
@@ -468,7 +455,7 @@ def test_cli_loan_features(address: str) -> None:
     rank_rows = [line.split() for line in lines if _is_table_row(line)]
     assert [r[1] for r in rank_rows] == [LOAN_LABELS[best], LOAN_LABELS[1 - best]]
 
-    as_json = json.loads(run_cli("--address", address, "--json", "loan", "mlp", *args).stdout)
+    as_json = json.loads(client_cli("--address", address, "--json", "loan", "mlp", *args).stdout)
     assert as_json["results"][0]["scores"] == pytest.approx(scores, rel=1e-6)
     assert as_json["results"][0]["top_k"][0]["label"] == LOAN_LABELS[best]
 
@@ -479,7 +466,7 @@ def test_cli_loan_file_and_errors(address: str, tmp_path: Path) -> None:
         {"age": 70, "income": 9e3, "debt_ratio": 0},
     ]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
-    proc = run_cli(
+    proc = client_cli(
         "--address", address, "--json", "loan", "mlp", "--file", str(tmp_path / "rows.json")
     )
     assert proc.returncode == 0, proc.stderr
@@ -488,13 +475,13 @@ def test_cli_loan_file_and_errors(address: str, tmp_path: Path) -> None:
         got, [loan_scores([r[f] for f in FEATURES]) for r in rows], rtol=1e-6
     )
 
-    bad_value = run_cli("--address", address, "loan", "mlp", "--feature", "age=old")
+    bad_value = client_cli("--address", address, "loan", "mlp", "--feature", "age=old")
     assert bad_value.returncode == 2 and "not a number" in bad_value.stderr
-    missing = run_cli("--address", address, "loan", "mlp", "--feature", "age=35")
+    missing = client_cli("--address", address, "loan", "mlp", "--feature", "age=35")
     assert missing.returncode == 1 and "INVALID_ARGUMENT" in missing.stderr
-    unknown = run_cli("--address", address, "loan", "nope", "--feature", "age=35")
+    unknown = client_cli("--address", address, "loan", "nope", "--feature", "age=35")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
-    no_input = run_cli("--address", address, "loan", "mlp")
+    no_input = client_cli("--address", address, "loan", "mlp")
     assert no_input.returncode == 2
 
 
@@ -513,7 +500,7 @@ def test_cli_digit_image_files(address: str, tmp_path: Path, fmt: str) -> None:
         path.write_bytes(b"P5 8 8 255\n" + as_uint8.tobytes())
     else:
         path.write_bytes(_png(as_uint8, colour=0))
-    proc = run_cli("--address", address, "digit", "cnn", "--image", str(path), "--top-k", "2")
+    proc = client_cli("--address", address, "digit", "cnn", "--image", str(path), "--top-k", "2")
     assert proc.returncode == 0, proc.stderr
     assert "prediction: 7 (" in proc.stdout
     rank_rows = [line.split() for line in proc.stdout.splitlines() if _is_table_row(line)]
@@ -524,18 +511,18 @@ def test_cli_digit_sample(address: str) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    proc = run_cli("--address", address, "--json", "digit", "cnn", "--sample", "5")
+    proc = client_cli("--address", address, "--json", "digit", "cnn", "--sample", "5")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["true_label"] == int(digits.target[5])
     assert got["results"][0]["scores"] == pytest.approx(digit_scores(digits.images[5]), rel=1e-5)
-    bad = run_cli("--address", address, "digit", "cnn", "--sample", "99999")
+    bad = client_cli("--address", address, "digit", "cnn", "--sample", "99999")
     assert bad.returncode == 2
 
 
 def test_cli_logs_table(address: str, tmp_path: Path) -> None:
     events = ["http.request.received", "auth.token.validated", "payment.failed"]
-    proc = run_cli("--address", address, "logs", "lstm", "--events", ",".join(events))
+    proc = client_cli("--address", address, "logs", "lstm", "--events", ",".join(events))
     assert proc.returncode == 0, proc.stderr
     assert "sequence: anomalous (0.9000)" in proc.stdout
     rows = {line.split()[1]: line for line in proc.stdout.splitlines() if _is_table_row(line)}
@@ -547,7 +534,7 @@ def test_cli_logs_table(address: str, tmp_path: Path) -> None:
 
     (tmp_path / "events.txt").write_text("# one per line\n" + "\n".join(events[:2]) + "\n")
     as_json = json.loads(
-        run_cli(
+        client_cli(
             "--address", address, "--json", "logs", "lstm", "--file", str(tmp_path / "events.txt")
         ).stdout
     )
@@ -555,5 +542,5 @@ def test_cli_logs_table(address: str, tmp_path: Path) -> None:
     assert (result["label"], result["steps"], result["flagged"]) == ("normal", events[:2], [])
     assert result["position_scores"] == pytest.approx(position_scores(events[:2]))
 
-    unknown = run_cli("--address", address, "logs", "lstm", "--events", "not.an.event")
+    unknown = client_cli("--address", address, "logs", "lstm", "--events", "not.an.event")
     assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr

@@ -16,48 +16,17 @@ import grpc
 import numpy as np
 import pytest
 
-from contract.model import ModelSpec, read_spec
 from nnserve_client import NNServeClient, NNServeError, ServingStatus
 from nnserve_client.aio import AsyncNNServeClient
-from tests.conftest import golden_inputs, reference_outputs
+from tests.support.cli import client_cli
+from tests.support.models import (
+    digit_images,
+    event_runs,
+    loan_rows,
+    reference_outputs,
+    spec_of,
+)
 from tests.support.servers import RunningServer
-from tests.test_client_cli import run_cli
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def spec_of(repository: Path, name: str) -> ModelSpec:
-    return read_spec(repository, name, 1)
-
-
-def loan_rows(repository: Path, name: str) -> tuple[list[dict[str, float]], np.ndarray]:
-    """Golden feature rows, as name -> value mappings and as the model's (B, F) tensor."""
-    features = golden_inputs(repository, name, case=1)["features"]  # 7 held-out rows
-    names = spec_of(repository, name).classify.feature_names  # type: ignore[union-attr]
-    rows = [dict(zip(names, map(float, row), strict=True)) for row in features]
-    return rows[::-1], features[::-1]  # reversed: order must follow the request
-
-
-def digit_images(repository: Path) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W) and the float tensor (N, 1, H, W) the server must build."""
-    spec = spec_of(repository, "cnn")
-    assert spec.classify is not None
-    rng = np.random.default_rng(3)
-    channels, height, width = spec.classify.image_shape  # type: ignore[misc]
-    u8 = rng.integers(0, 256, size=(5, height, width), dtype=np.uint8)
-    scale = np.float32(spec.classify.pixel_max / 255.0)
-    return u8, (u8 * scale).astype(np.float32).reshape(5, channels, height, width)
-
-
-def event_runs(repository: Path, name: str) -> list[list[str]]:
-    """Three runs of different lengths, as event names from the model's vocabulary."""
-    spec = spec_of(repository, name)
-    assert spec.sequence is not None
-    vocabulary = spec.sequence.vocabulary
-    reserved = (spec.sequence.pad_id, spec.sequence.unknown_id)
-    events = [e for i, e in enumerate(vocabulary) if i not in reserved]
-    rng = np.random.default_rng(5)
-    return [list(rng.choice(events, size=n)) for n in (3, 11, 1)]
 
 
 def sequence_reference(repository: Path, name: str, runs: list[list[str]]) -> dict[str, np.ndarray]:
@@ -230,22 +199,22 @@ def test_cli_against_the_classify_service(
     classify_server: RunningServer, model_repository: Path
 ) -> None:
     address = classify_server.address
-    health = run_cli("--address", address, "health", "--model", "mlp")
+    health = client_cli("--address", address, "health", "--model", "mlp")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
-    unknown = run_cli("--address", address, "health", "--model", "no_such_model")
+    unknown = client_cli("--address", address, "health", "--model", "no_such_model")
     assert (unknown.returncode, unknown.stdout.strip()) == (1, "SERVICE_UNKNOWN")
 
-    described = json.loads(run_cli("--address", address, "--json", "describe", "cnn").stdout)
+    described = json.loads(client_cli("--address", address, "--json", "describe", "cnn").stdout)
     assert described["labels"] == list(spec_of(model_repository, "cnn").labels)
 
     rows, features = loan_rows(model_repository, "mlp")
     flags = [a for name, value in rows[0].items() for a in ("--feature", f"{name}={value!r}")]
-    loan = run_cli("--address", address, "--json", "loan", "mlp", *flags)
+    loan = client_cli("--address", address, "--json", "loan", "mlp", *flags)
     assert loan.returncode == 0, loan.stderr
     want = reference_outputs(model_repository, "mlp", {"features": features[:1]})["probabilities"]
     np.testing.assert_allclose(json.loads(loan.stdout)["results"][0]["scores"], want[0], rtol=1e-5)
 
-    missing = run_cli("--address", address, "loan", "mlp", *flags[:2])
+    missing = client_cli("--address", address, "loan", "mlp", *flags[:2])
     assert missing.returncode == 1 and "INVALID_ARGUMENT" in missing.stderr
 
 
@@ -255,7 +224,9 @@ def test_cli_digit_sample_matches_onnx_runtime(
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    proc = run_cli("--address", classify_server.address, "--json", "digit", "cnn", "--sample", "5")
+    proc = client_cli(
+        "--address", classify_server.address, "--json", "digit", "cnn", "--sample", "5"
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["true_label"] == int(digits.target[5])
@@ -269,7 +240,7 @@ def test_cli_logs_against_the_sequence_service(
 ) -> None:
     run = event_runs(model_repository, "lstm")[1]
     want = sequence_reference(model_repository, "lstm", [run])
-    proc = run_cli(
+    proc = client_cli(
         "--address", sequence_server.address, "--json", "logs", "lstm", "--events", ",".join(run)
     )
     assert proc.returncode == 0, proc.stderr
@@ -279,5 +250,5 @@ def test_cli_logs_against_the_sequence_service(
     np.testing.assert_allclose(
         result["position_scores"], want["position_scores"][0], rtol=1e-5, atol=1e-6
     )
-    unknown = run_cli("--address", sequence_server.address, "logs", "lstm", "--events", "nope.x")
+    unknown = client_cli("--address", sequence_server.address, "logs", "lstm", "--events", "nope.x")
     assert unknown.returncode == 1 and "INVALID_ARGUMENT" in unknown.stderr

@@ -1,6 +1,6 @@
 """The scale-out stack in containers (make stack-test): docker-compose.yml with
 docker-compose.scale.yml, three classify and two sequence replicas behind Envoy,
-Prometheus discovering every replica. tests/compose_stack.py says how the shipped files
+Prometheus discovering every replica. tests/support/compose_stack.py says how the shipped files
 are adapted to this machine; test_scaleout.py runs the same checks on plain processes.
 
 - every replica becomes healthy, and so does Envoy; Prometheus finds all five replicas;
@@ -24,7 +24,6 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs, reference_outputs
 from tests.support.compose_stack import (
     Stack,
     build_args,
@@ -33,9 +32,10 @@ from tests.support.compose_stack import (
     seed_and_prometheus,
 )
 from tests.support.docker_engine import DockerEngine, log
+from tests.support.inference import Outputs, call_many, decode_outputs, infer_request, matches
 from tests.support.metrics import Metrics
-from tests.test_kserve_api import decode_outputs, infer_request
-from tests.test_scaleout import LOAD_CLIENTS, MODEL, Outputs, call_many, matches
+from tests.support.models import golden_inputs, reference_outputs
+from tests.support.scaleout import LOAD_CLIENTS, MODEL
 
 pytestmark = pytest.mark.stack
 

@@ -1,6 +1,6 @@
 """The compose stack for real (make stack-test): docker-compose.yml built and brought up
 with `docker compose up --wait`, checked from outside, taken down with `down -v`.
-tests/compose_stack.py says how the shipped files are adapted to this machine.
+tests/support/compose_stack.py says how the shipped files are adapted to this machine.
 
 - classify and sequence become healthy through their compose healthchecks;
 - the client CLI, run from the host, answers for all five models exactly as it does
@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from nnserve_client import NNServeClient
-from tests.conftest import ALL_MODELS, CLASSIFY_MODELS
 from tests.support.compose_stack import (
     Stack,
     build_args,
@@ -32,6 +31,7 @@ from tests.support.compose_stack import (
     seed_and_prometheus,
 )
 from tests.support.docker_engine import DockerEngine, log
+from tests.support.models import ALL_MODELS, CLASSIFY_MODELS
 from tests.support.paths import ROOT
 from tests.support.servers import RunningServer
 

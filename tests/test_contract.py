@@ -20,9 +20,8 @@ from contract.model import (
     scan,
     worst,
 )
-from tests.conftest import ALL_MODELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.models import ALL_MODELS
+from tests.support.paths import ROOT
 
 
 def test_scan_and_read_every_model(model_repository: Path) -> None:

@@ -5,7 +5,7 @@
   the docs name; so does the GPU overlay as kustomize renders it (`kubectl kustomize`,
   or a standalone `kustomize`). Without either binary the overlay's patch is validated on
   its own, and the render test says so (it fails in CI).
-- The KServe objects in deploy/kserve validate against tests/kserve_schema.py (a
+- The KServe objects in deploy/kserve validate against tests/support/kserve_schema.py (a
   structural schema of the KServe fields used, with strict Kubernetes types inside).
 - Negative tests prove that both validators reject an unknown field and a wrong type.
 - The wiring agrees: the service's own settings parser accepts each container's args and
@@ -35,10 +35,10 @@ from referencing import Registry, Resource
 
 from services.settings import SERVICE_MODELS, Settings
 from tests.support import kserve_schema
+from tests.support.paths import ROOT
 from tests.support.prometheus_server import PrometheusServer
 from tests.support.tools import missing_tool, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 BASE = K8S_DIR / "base"
 GPU_OVERLAY = K8S_DIR / "overlays" / "gpu"

@@ -11,7 +11,7 @@ import pytest
 
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from tests.conftest import SEQUENCE_MODELS, golden_inputs, model_json, reference_outputs
+from tests.support.models import SEQUENCE_MODELS, golden_inputs, model_json, reference_outputs
 from tests.support.servers import RunningServer
 
 

@@ -15,10 +15,15 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from tests.conftest import golden_inputs, model_json
+from tests.support.inference import full_length_request, infer_request
 from tests.support.metrics import read_metrics
-from tests.support.servers import RunningServer, make_settings, running_server
-from tests.test_kserve_api import full_length_request, infer_request
+from tests.support.models import golden_inputs, model_json
+from tests.support.servers import (
+    RunningServer,
+    hold_inference_thread,
+    make_settings,
+    running_server,
+)
 
 Code = grpc.StatusCode
 
@@ -270,18 +275,9 @@ def test_deadline_passing_in_queue_is_counted_as_deadline_exceeded(
         request = infer_request("mlp", golden_inputs(model_repository, "mlp"))
         stub.ModelInfer(request, timeout=10)  # one success, for the counts below
         rows_before = _metric_sum(server, "nnserve_batch_size_sum", "mlp")
-        gate, held = threading.Event(), threading.Event()
-
-        def hold(_: object) -> None:
-            held.set()
-            gate.wait(10)
-
-        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
-        assert held.wait(5)
-        with pytest.raises(grpc.RpcError) as err:
+        with hold_inference_thread(server), pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request, timeout=0.2)
         assert err.value.code() == Code.DEADLINE_EXCEEDED
-        gate.set()
         assert stub.ModelInfer(request, timeout=10).outputs  # serves again
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp")).model_stats[0]
         assert stats.inference_stats.fail.count == 1

@@ -38,12 +38,12 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.batching.merge import BatchLayout
 from tests.support.metrics import read_metrics
+from tests.support.paths import ROOT
 from tests.support.servers import RunningServer, make_settings, running_server
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.logs import VOCABULARY, is_valid
 from training.models.transformer import AttentionExplainer, TransformerDetector
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "transformer"
 PLAIN = "transformer_plain"  # the same model without its explain graph (an older export)
 TOKEN_ID = {e: i for i, e in enumerate(VOCABULARY)}

@@ -20,15 +20,14 @@ from export.api import ExportResult, export_model
 from export.errors import ManifestError, ParityError
 from export.manifest import validate
 from export.parity import check_cases
+from tests.support.paths import ROOT
 from tests.support.training import TINY, run_cli
 from training import MODEL_NAMES
 from training.api import train
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.registry import get_recipe
 
-SCHEMA = json.loads(
-    Path(__file__).resolve().parents[1].joinpath("export/model.schema.json").read_text()
-)
+SCHEMA = json.loads((ROOT / "export" / "model.schema.json").read_text())
 CLASSIFY = ("perceptron", "mlp", "cnn")
 SEQUENCE = ("lstm", "transformer")
 

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.inference import full_length_request
 from tests.support.process import server_process
-from tests.test_kserve_api import full_length_request
 
 GRACE_SECONDS = 10.0
 CLIENTS = 32

@@ -26,9 +26,9 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.errors import MAX_MESSAGE_CHARS
-from tests.conftest import golden_inputs, reference_outputs
+from tests.support.inference import decode_outputs, infer_request
+from tests.support.models import golden_inputs, reference_outputs
 from tests.support.servers import RunningServer
-from tests.test_kserve_api import decode_outputs, infer_request
 
 EXAMPLES = int(os.environ.get("NNSERVE_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

@@ -22,7 +22,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+from tests.support.tools import gpu_listed
+
 CUDA = "CUDAExecutionProvider"
 
 # What the real nvidia-smi -L prints (and its exit status) in each situation.
@@ -37,14 +39,6 @@ STUBS = {
 }
 # What the Makefile's $(shell ...) lines and the script call.
 TOOLS = ("sh", "cat", "sha256sum", "cut", "timeout", "grep", "sleep")
-
-
-def gpu_listed() -> bool:
-    """Whether this machine's nvidia-smi lists a GPU: the Makefile's ORT=auto rule."""
-    decided = subprocess.run(
-        ["sh", "bench/ort_build.sh", "auto"], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    return decided.stdout.strip() == "gpu"
 
 
 def _path_with(tmp_path: Path, stub: str | None) -> str:

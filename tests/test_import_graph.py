@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
 from tools import import_graph
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_repository_has_no_cycles_and_no_upward_imports() -> None:

@@ -4,52 +4,23 @@ in-process ONNX Runtime on the same inputs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from contract.model import NUMPY_TO_V2, from_raw
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-from tests.conftest import ALL_MODELS, golden_inputs, model_json, reference_outputs
-from tests.support.servers import RunningServer
+from tests.support.inference import decode_outputs, infer_request
+from tests.support.models import ALL_MODELS, golden_inputs, model_json, reference_outputs
+from tests.support.servers import RunningServer, make_settings, running_server
 
 
 def stub_for(server: RunningServer) -> pb_grpc.GRPCInferenceServiceStub:
     return pb_grpc.GRPCInferenceServiceStub(server.channel())
-
-
-def infer_request(
-    name: str, inputs: dict[str, np.ndarray], raw: bool = True
-) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=name, id=f"req-{name}")
-    for key, value in inputs.items():
-        tensor = request.inputs.add(name=key, datatype=NUMPY_TO_V2[value.dtype], shape=value.shape)
-        if raw:
-            request.raw_input_contents.append(value.tobytes())
-        elif value.dtype == np.float32:
-            tensor.contents.fp32_contents.extend(value.ravel().tolist())
-        else:
-            tensor.contents.int64_contents.extend(value.ravel().tolist())
-    return request
-
-
-def full_length_request(repository: Path, name: str, rows: int) -> pb.ModelInferRequest:
-    """A sequence request of `rows` max-length rows: slow enough to keep a queue busy."""
-    max_length = model_json(repository, name)["sequence"]["max_length"]
-    tokens = np.full((rows, max_length), 2, np.int64)
-    lengths = np.full(rows, max_length, np.int64)
-    return infer_request(name, {"tokens": tokens, "lengths": lengths})
-
-
-def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {
-        out.name: from_raw(raw, out.datatype, out.shape)
-        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-    }
 
 
 def test_server_live_ready_metadata(classify_server: RunningServer) -> None:
@@ -201,8 +172,6 @@ def test_bytes_and_bf16_are_refused(classify_server: RunningServer, model_reposi
 
 
 def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
-    from tests.support.servers import make_settings, running_server
-
     settings = make_settings(scratch_repository, service="classify", model_control="explicit")
     with running_server(settings) as server:
         stub = stub_for(server)
@@ -225,10 +194,6 @@ def test_repository_index_unload_and_load(scratch_repository: Path) -> None:
 
 
 def test_new_version_serves_by_default_and_old_stays_addressable(scratch_repository: Path) -> None:
-    import shutil
-
-    from tests.support.servers import make_settings, running_server
-
     v1 = scratch_repository / "mlp" / "1"
     v2 = scratch_repository / "mlp" / "2"
     shutil.copytree(v1, v2)

@@ -20,11 +20,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs, reference_outputs
+from tests.support.inference import decode_outputs, full_length_request, infer_request
 from tests.support.metrics import read_metrics, scrape
+from tests.support.models import golden_inputs, reference_outputs
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.support.tools import require_binary
-from tests.test_kserve_api import decode_outputs, full_length_request, infer_request
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,5 +1,5 @@
 """Model control (none / explicit / poll), version policy, name and version rules, and the
-repository containment rule, against real in-process servers (tests/server_harness.py).
+repository containment rule, against real in-process servers (tests/support/servers.py).
 
 Faults against real server processes (corrupt repository at start, reload under load)
 are in test_model_control_process.py.
@@ -26,46 +26,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contract.model import is_model_name, scan, version_number
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs
+from tests.support.inference import index_of, infer_request
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
+from tests.support.repository import break_goldens, remove_version, stage_version
 from tests.support.servers import RunningServer, make_settings, running_server
-from tests.test_kserve_api import infer_request
 
 Code = grpc.StatusCode
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def stage_version(
-    repository: Path, name: str, version: int, edit: Callable[[dict[str, Any]], None] | None = None
-) -> Path:
-    """Add <name>/<version> as a copy of version 1, the way an operator should: copy to a
-    staging name the scan ignores ('.'-prefixed), then rename into place atomically."""
-    staging = repository / name / f".staging-{version}"
-    shutil.copytree(repository / name / "1", staging)
-    path = staging / "model.json"
-    doc = json.loads(path.read_text())
-    doc["version"] = version
-    if edit is not None:
-        edit(doc)
-    path.write_text(json.dumps(doc))
-    target = repository / name / str(version)
-    os.rename(staging, target)
-    return target
-
-
-def remove_version(repository: Path, name: str, version: int) -> None:
-    """Take a version folder out atomically (rename out of the scan pattern, then delete)."""
-    gone = repository / name / f".removed-{version}-{time.monotonic_ns()}"
-    os.rename(repository / name / str(version), gone)
-    shutil.rmtree(gone)
-
-
-def break_goldens(doc: dict[str, Any]) -> None:
-    output = next(iter(doc["goldens"]["cases"][0]["outputs"].values()))
-    output["data"][0] = float(output["data"][0]) + 0.5
 
 
 def stub_of(server: RunningServer) -> pb_grpc.GRPCInferenceServiceStub:
@@ -79,11 +50,6 @@ def code_of(call: Callable[..., object], *args: Any, **kwargs: Any) -> tuple[grp
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
     return Code.OK, ""
-
-
-def index_of(stub: pb_grpc.GRPCInferenceServiceStub) -> dict[tuple[str, str], Any]:
-    models = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
-    return {(m.name, m.version): m for m in models}
 
 
 def load_failures(server: RunningServer, model: str) -> float:

@@ -1,5 +1,5 @@
 """Model lifecycle faults against real server processes (`python -m services`, port 0,
-ports read from NNSERVE_PORTS_FILE; tests/process_harness.py): a corrupt repository at
+ports read from NNSERVE_PORTS_FILE; tests/support/process.py): a corrupt repository at
 start, and model transitions under concurrent traffic in poll and explicit mode, with
 every request counted."""
 
@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs
+from tests.support.inference import index_of, infer_request
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
 from tests.support.process import ServerProcess, server_process
-from tests.test_kserve_api import infer_request
-from tests.test_model_control import break_goldens, index_of, stage_version
+from tests.support.repository import break_goldens, stage_version
 
 Code = grpc.StatusCode
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -3,7 +3,7 @@ that runs the stack's recording and alert rules; what Prometheus reports must ma
 the clients saw.
 
 The module starts its own classify and sequence servers (fresh registries, so every
-counter starts at zero and counts are exact) and a Prometheus (tests/prometheus_server.py)
+counter starts at zero and counts are exact) and a Prometheus (tests/support/prometheus_server.py)
 scraping both metrics ports every second. Traffic goes through both APIs (KServe v2
 ModelInfer with raw_input_contents, nnserve.v1 Classify / Sequence) for all five models,
 with deliberate client errors (INVALID_ARGUMENT, NOT_FOUND) and one server-side error
@@ -43,12 +43,18 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.core.dataplane import UNKNOWN_MODEL
 from services.ops.metrics import LATENCY_BUCKETS
-from tests.conftest import ALL_MODELS, CLASSIFY_MODELS, SEQUENCE_MODELS, golden_inputs, model_json
+from tests.support.inference import infer_request
 from tests.support.metrics import scrape
+from tests.support.models import (
+    ALL_MODELS,
+    CLASSIFY_MODELS,
+    SEQUENCE_MODELS,
+    golden_inputs,
+    model_json,
+)
 from tests.support.prometheus_server import PrometheusServer
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.support.tools import require_binary
-from tests.test_kserve_api import infer_request
 
 KSERVE = "inference.GRPCInferenceService"
 PREDICTOR = "nnserve.v1.Predictor"
@@ -268,7 +274,7 @@ def eventually(
 
 @pytest.fixture(scope="session")  # session: set up before the models are trained
 def promtool() -> str:
-    """promtool's path; needs promtool and prometheus (see tests/prometheus_server.py)."""
+    """promtool's path; needs promtool and prometheus (see tests/support/prometheus_server.py)."""
     require_binary("prometheus")
     return require_binary("promtool")
 

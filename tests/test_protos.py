@@ -12,7 +12,6 @@ import base64
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from protos import grpc_service_pb2, model_config_pb2, nnserve_pb2
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _python(code: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.support.metrics import read_metrics
 from tests.support.servers import make_settings, running_server
-from tests.test_gpu_build import gpu_listed
+from tests.support.tools import gpu_listed
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.paths import ROOT
 from tests.support.tools import compose_binary, missing_tool, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
 PROMETHEUS_SCALE = ROOT / "deploy" / "prometheus" / "prometheus-scale.yml"
 SERVING = {"classify": (50051, 9091), "sequence": (50052, 9092)}

@@ -20,24 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import yaml
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs, reference_outputs
 from tests.support.envoy_proxy import ENVOY_CONFIG, EnvoyProxy, local_config
+from tests.support.inference import Outputs, call_many, decode_outputs, infer_request, matches
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs, reference_outputs
 from tests.support.process import ServerProcess
+from tests.support.scaleout import LOAD_CLIENTS, MODEL
 from tests.support.tools import envoy_binary
-from tests.test_kserve_api import decode_outputs, infer_request
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = "mlp"
 REPLICAS = 3
-LOAD_CLIENTS = 8
-Outputs = dict[str, np.ndarray]
 
 
 def replica(repository: Path, log_dir: Path, index: int) -> ServerProcess:
@@ -87,20 +83,6 @@ def envoy(replicas: list[ServerProcess]) -> Iterator[EnvoyProxy]:
 def request_and_expected(model_repository: Path) -> tuple[pb.ModelInferRequest, Outputs]:
     inputs = golden_inputs(model_repository, MODEL)
     return infer_request(MODEL, inputs), reference_outputs(model_repository, MODEL, inputs)
-
-
-def matches(outputs: Outputs, expected: Outputs) -> bool:
-    return outputs.keys() == expected.keys() and all(
-        np.allclose(outputs[name], value, rtol=1e-5, atol=1e-6) for name, value in expected.items()
-    )
-
-
-def call_many(address: str, request: pb.ModelInferRequest, expected: Outputs, count: int) -> None:
-    """`count` calls over one channel; every answer must be the model's."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(count):
-            assert matches(decode_outputs(stub.ModelInfer(request, timeout=10)), expected)
 
 
 def answered(replicas: list[ServerProcess]) -> list[float]:

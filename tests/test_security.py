@@ -1,5 +1,5 @@
 """TLS, mutual TLS, certificate rotation and bearer tokens, against real servers on
-127.0.0.1 with certificates made at test time (tests/pki.py).
+127.0.0.1 with certificates made at test time (tests/support/pki.py).
 
 - TLS: the client library, the CLI and tritonclient (ssl=True) connect; a plaintext
   client or one that trusts another CA does not.
@@ -49,15 +49,16 @@ from protos import nnserve_pb2
 from services.ops import auth
 from services.rpc.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
 from services.settings import Settings
-from tests.conftest import golden_inputs
+from tests.support.cli import client_cli
+from tests.support.inference import infer_request
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
+from tests.support.paths import ROOT
 from tests.support.pki import CA, Issued, issue, make_ca, serial_of
 from tests.support.ports import shared_port
 from tests.support.servers import RunningServer, make_settings, running_server
 from tests.support.tools import compose_cli, missing_tool
-from tests.test_kserve_api import infer_request
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mlp"
 FEATURES = {
     "age": 35, "years_experience": 8, "monthly_income": 4200, "debt_ratio": 0.3,
@@ -201,17 +202,6 @@ def tritonclient(
     return report
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nnserve_client", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
 # ---------------------------------------------------------------- servers
 
 
@@ -272,17 +262,17 @@ def test_tls_with_tritonclient(
 
 
 def test_tls_with_the_cli(tls_server: RunningServer, pki: PKI) -> None:
-    ok = cli("--address", tls_server.address, "--ca", str(pki.ca.cert), "health")
+    ok = client_cli("--address", tls_server.address, "--ca", str(pki.ca.cert), "health")
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
-    plain = cli("--address", tls_server.address, "--timeout", "3", "health")
+    plain = client_cli("--address", tls_server.address, "--timeout", "3", "health")
     assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
-    missing = cli("--address", tls_server.address, "--ca", "no-such-ca.pem", "health")
+    missing = client_cli("--address", tls_server.address, "--ca", "no-such-ca.pem", "health")
     assert missing.returncode == 2 and "no-such-ca.pem" in missing.stderr
     # --server-name: the name checked in the certificate when the address differs.
     base = ("--address", tls_server.address, "--ca", str(pki.ca.cert), "--timeout", "3")
-    named = cli(*base, "--server-name", "localhost", "health")
+    named = client_cli(*base, "--server-name", "localhost", "health")
     assert named.returncode == 0, named.stderr
-    wrong = cli(*base, "--server-name", "other.example", "health")
+    wrong = client_cli(*base, "--server-name", "other.example", "health")
     assert wrong.returncode == 1 and "UNAVAILABLE" in wrong.stderr
 
 
@@ -317,9 +307,9 @@ def test_mtls_with_tritonclient_and_the_cli(
     assert refused == {"error": "StatusCode.UNAVAILABLE"}
 
     base = ("--address", mtls_server.address, "--ca", str(pki.ca.cert))
-    good = cli(*base, "--cert", str(pki.client.cert), "--key", str(pki.client.key), "health")
+    good = client_cli(*base, "--cert", str(pki.client.cert), "--key", str(pki.client.key), "health")
     assert good.returncode == 0 and good.stdout.strip() == "SERVING", good.stderr
-    no_cert = cli(*base, "--timeout", "3", "health")
+    no_cert = client_cli(*base, "--timeout", "3", "health")
     assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
 
 
@@ -509,11 +499,15 @@ def test_tokens_with_tritonclient_and_the_cli(
         anonymous = tritonclient(server.address, model_repository, tmp_path)
         assert anonymous == {"error": "StatusCode.UNAUTHENTICATED"}
 
-        ok = cli("--address", server.address, "describe", MODEL, env={"NNSERVE_TOKEN": INFER_TOKEN})
+        ok = client_cli(
+            "--address", server.address, "describe", MODEL, env={"NNSERVE_TOKEN": INFER_TOKEN}
+        )
         assert ok.returncode == 0 and "mlp" in ok.stdout, ok.stderr
-        refused = cli("--address", server.address, "describe", MODEL, env={"NNSERVE_TOKEN": ""})
+        refused = client_cli(
+            "--address", server.address, "describe", MODEL, env={"NNSERVE_TOKEN": ""}
+        )
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
-        probe = cli("--address", server.address, "health", env={"NNSERVE_TOKEN": ""})
+        probe = client_cli("--address", server.address, "health", env={"NNSERVE_TOKEN": ""})
         assert probe.returncode == 0 and probe.stdout.strip() == "SERVING"
 
 

@@ -19,8 +19,8 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.rpc.pipelining import MAX_ID_CHARS
 from tests.support.metrics import read_metrics
+from tests.support.models import digit_images, event_runs, loan_rows
 from tests.support.servers import RunningServer
-from tests.test_client_real import digit_images, event_runs, loan_rows
 
 Code = grpc.StatusCode
 

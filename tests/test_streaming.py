@@ -24,9 +24,13 @@ from nnserve_client import NNServeClient, NNServeError
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from tests.support.metrics import read_metrics
-from tests.support.servers import RunningServer, make_settings, running_server
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+from tests.support.servers import (
+    RunningServer,
+    hold_inference_thread,
+    make_settings,
+    running_server,
+)
 
 
 def stub(server: RunningServer) -> npb_grpc.PredictorStub:
@@ -270,27 +274,19 @@ def test_concurrent_streams_share_step_batches(scratch_repository: Path) -> None
         sessions = [c.stream("lstm") for _ in range(n)]
         stepper = server.server.registry.resolve("lstm").stepper
         assert stepper is not None
-        gate, held = threading.Event(), threading.Event()
-
-        def hold(_: object) -> None:
-            held.set()
-            gate.wait(10)
-
-        server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
-        assert held.wait(5)
         results: dict[int, float] = {}
 
         def send(i: int) -> None:
             results[i] = sessions[i].send([tokens[i]])[0].score
 
-        senders = [threading.Thread(target=send, args=(i,)) for i in range(n)]
-        for t in senders:
-            t.start()
-        deadline = time.monotonic() + 10
-        while stepper.batcher.queue_depth < n - 1:  # one batch went to the held thread
-            assert time.monotonic() < deadline, "events did not queue"
-            time.sleep(0.01)
-        gate.set()
+        with hold_inference_thread(server):
+            senders = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+            for t in senders:
+                t.start()
+            deadline = time.monotonic() + 10
+            while stepper.batcher.queue_depth < n - 1:  # one batch went to the held thread
+                assert time.monotonic() < deadline, "events did not queue"
+                time.sleep(0.01)
         for t in senders:
             t.join(10)
         for i in range(n):

@@ -21,10 +21,10 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from services.ops.logs import JsonFormatter
 from services.ops.metrics import STAGES
-from tests.conftest import golden_inputs
+from tests.support.inference import infer_request
 from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
 from tests.support.servers import RunningServer, make_settings, running_server
-from tests.test_kserve_api import infer_request
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import golden_inputs, reference_outputs
+from tests.support.models import golden_inputs, reference_outputs
 from tests.support.servers import RunningServer
 
 CLIENT = textwrap.dedent(

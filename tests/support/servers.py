@@ -1,9 +1,25 @@
-"""Run a real nnserve server (build_server, 127.0.0.1, port 0) on its own event loop in a
-background thread, so tests can use plain synchronous gRPC clients against it."""
+"""Real nnserve servers for the service tests, and the session fixtures that share them.
+
+`running_server()` runs one (build_server, 127.0.0.1, port 0) on its own event loop in a
+background thread, so tests can use plain synchronous gRPC clients against it. The
+fixtures (registered by tests/conftest.py, so every level can ask for them; nothing is
+built until a test does):
+
+- model_repository: the five reference models, trained briefly and exported in this
+  session with the real pipeline (training.api + export.api, short dry-run training:
+  the service tests need real graphs and goldens, not accuracy);
+- scratch_repository: a private copy a test may break;
+- classify_server, sequence_server: one running server per service for the session;
+  servers: model name -> the server that serves it.
+
+`hold_inference_thread()` keeps one of a server's inference threads busy until the test
+lets it go, so that requests queue behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -12,10 +28,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from services.rpc.server import NNServeServer, build_server
 from services.settings import Settings
+from tests.support.models import ALL_MODELS, CLASSIFY_MODELS, SEQUENCE_MODELS
 
 T = TypeVar("T")
 
@@ -75,3 +93,70 @@ def running_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@contextmanager
+def hold_inference_thread(server: RunningServer) -> Iterator[threading.Event]:
+    """One of the server's inference threads runs a job that waits on the event yielded:
+    with inference_threads=1 nothing else runs until the test sets it (or the block
+    ends). Returns once the job holds the thread."""
+    gate, held = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        held.set()
+        gate.wait(10)
+
+    server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
+    assert held.wait(5), "the inference thread was not taken"
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+# ------------------------------------------------------------------ session fixtures
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The five reference models, trained briefly and exported (parity gate included)."""
+    from export.api import export_model
+    from training.api import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    repository = tmp_path_factory.mktemp("model_repository")
+    for name in ALL_MODELS:
+        result = train(name, dry_run=True, runs_dir=runs, progress=False)
+        export_model(result.checkpoint, repository)
+    return repository
+
+
+@pytest.fixture
+def scratch_repository(model_repository: Path, tmp_path: Path) -> Path:
+    """A private copy tests may break (corrupt files, add versions)."""
+    target = tmp_path / "model_repository"
+    shutil.copytree(model_repository, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def classify_server(model_repository: Path) -> Iterator[RunningServer]:
+    with running_server(make_settings(model_repository, service="classify")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sequence_server(model_repository: Path) -> Iterator[RunningServer]:
+    with running_server(make_settings(model_repository, service="sequence")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def servers(
+    classify_server: RunningServer, sequence_server: RunningServer
+) -> dict[str, RunningServer]:
+    """Model name -> the running server that serves it."""
+    return {
+        **{m: classify_server for m in CLASSIFY_MODELS},
+        **{m: sequence_server for m in SEQUENCE_MODELS},
+    }

