@@ -1,7 +1,7 @@
-"""The session fixtures, for every level: the model repository and the running servers
-(tests/support/servers.py says what each is). Nothing is built until a test asks."""
+"""The session fixtures every level may ask for: the model repository and the running
+servers (tests/support/servers.py says what each is). Nothing is built until a test asks,
+so tests/unit, which asks for none, starts no server and trains no model."""
 
-from tests.support.compose_stack import docker_engine
 from tests.support.servers import (
     classify_server,
     model_repository,
@@ -12,7 +12,6 @@ from tests.support.servers import (
 
 __all__ = [
     "classify_server",
-    "docker_engine",
     "model_repository",
     "scratch_repository",
     "sequence_server",

@@ -35,7 +35,7 @@ from tests.support.models import ALL_MODELS, CLASSIFY_MODELS
 from tests.support.paths import ROOT
 from tests.support.servers import RunningServer
 
-pytestmark = pytest.mark.stack
+pytestmark = pytest.mark.docker
 
 # The README's examples, one per model.
 README_FEATURES = (

@@ -2,7 +2,7 @@
 event stands in for ONNX Runtime, so queue-full, expiry while queued, batch formation,
 size limits, earliest-deadline-first, max queue delay and failure isolation are shown
 without depending on machine speed. (End-to-end versions of each run against the real
-server in test_errors.py and test_lifecycle.py.)"""
+server in tests/service/test_errors.py and test_lifecycle.py.)"""
 
 from __future__ import annotations
 

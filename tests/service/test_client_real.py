@@ -3,7 +3,7 @@
 Every score the client returns must equal in-process ONNX Runtime on the tensors the
 domain API builds from the same input (feature order, pixel scaling, token ids and
 lengths from model.json), so the client, the server's domain codec and the model agree.
-test_client_cli.py keeps the encoding checks that need answers chosen by the test.
+tests/unit/test_client_cli.py keeps the encoding checks that need answers chosen by the test.
 """
 
 from __future__ import annotations

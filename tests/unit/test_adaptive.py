@@ -1,21 +1,14 @@
-"""Closed-loop batching: the AIMD controller on its own, its knobs in the batcher (with a
-gated fake runner), and a real server that backs off under a target it cannot meet."""
+"""Closed-loop batching: the AIMD controller on its own, and its knobs in the batcher (with
+a gated fake runner). A real server that backs off under a target it cannot meet:
+tests/service/test_adaptive_server.py."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
 from services.batching.adaptive import WINDOW, AdaptiveBatching
 from services.batching.threads import InferenceThreads
 from tests.support.batching import GatedRunner, make_batcher, row, started
-from tests.support.inference import infer_request
-from tests.support.metrics import read_metrics
-from tests.support.models import golden_inputs
-from tests.support.servers import make_settings, running_server
 
 
 def test_over_target_backs_off_multiplicatively_under_target_probes_additively() -> None:
@@ -60,22 +53,3 @@ async def test_the_batcher_forms_batches_of_the_current_cap() -> None:
         assert [len(b) for b in runner.batches] == [1, 3, 3, 1]
     finally:
         threads.shutdown()
-
-
-def test_a_server_under_an_unmeetable_target_shrinks_its_batches(
-    scratch_repository: Path,
-) -> None:
-    settings = make_settings(
-        scratch_repository, service="classify", models=["mlp"], latency_target_ms=0.000001,
-    )  # fmt: skip
-    with running_server(settings) as server:
-        stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
-        config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
-        assert config.parameters["latency_target_ms"].string_value == "1e-06"
-        request = infer_request("mlp", golden_inputs(scratch_repository, "mlp"))
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: stub.ModelInfer(request, timeout=30), range(3 * WINDOW)))
-        caps = read_metrics(server).values("nnserve_batch_cap", model="mlp")
-        assert caps and caps[0] < 64  # every window missed the target: backed off
-        config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
-        assert int(config.parameters["adaptive_batch_cap"].string_value) == caps[0]

@@ -36,7 +36,6 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from services.batching.merge import BatchLayout
 from tests.support.metrics import read_metrics
 from tests.support.paths import ROOT
 from tests.support.servers import RunningServer, make_settings, running_server
@@ -258,18 +257,6 @@ def test_attention_matches_pytorch_and_masks_padding(
         assert np.all(np.triu(attention[r, :n, :n], k=1) == 0.0)
         alone = explain.run(None, batch([row]))[2]
         np.testing.assert_allclose(alone[0], attention[r, :n, :n], atol=1e-5)
-
-
-def test_batch_layout_cuts_attention_on_both_axes() -> None:
-    layout = BatchLayout({"tokens": 0}, frozenset({"scores"}), frozenset({"attention"}))
-    outputs = {
-        "scores": np.arange(2 * 4, dtype=np.float32).reshape(2, 4),
-        "attention": np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4),
-    }
-    first, second = layout.split(outputs, rows=[1, 1], lengths=[2, 4])
-    assert first["attention"].shape == (1, 2, 2) and first["scores"].shape == (1, 2)
-    np.testing.assert_array_equal(first["attention"][0], outputs["attention"][0, :2, :2])
-    np.testing.assert_array_equal(second["attention"][0], outputs["attention"][1])
 
 
 # ---------------------------------------------------------------- what it explains

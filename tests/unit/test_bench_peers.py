@@ -1,6 +1,7 @@
 """The peers benchmark's pieces, without installing any peer: the generated Triton and
-MLServer configurations, the table with a peer missing or failing, medians of rounds,
-and both no-op servers answering for real (tests/test_bench.py measures them)."""
+MLServer configurations, the table with a peer missing or failing, the results page,
+medians of rounds and the no-op answer. (Both no-op servers answering for real:
+tests/service/test_bench_peers_floor.py; tests/service/test_bench.py measures them.)"""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from bench.harness import median_of, start_noop, wait_ready
+from bench.harness import median_of
 from bench.nullserver import noop_response, request_id
 from bench.peers import configs
 from bench.peers.__main__ import write_page
@@ -22,34 +22,14 @@ from bench.report import peers_table
 from bench.workload import ModelInfo, from_repository
 from contract.model import TensorSpec
 from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-
-SERVING = {"max_batch_size": 48, "max_queue_delay_ms": 1.5}
-MODEL_JSON: dict[str, Any] = {
-    "name": "mlp",
-    "version": 1,
-    "task": "classify",
-    "labels": ["no", "yes"],
-    "classify": {"input": "features", "scores_output": "probabilities", "kind": "tabular"},
-    "onnx": {"file": "model.onnx", "sha256": "0" * 64},
-    "inputs": [{"name": "features", "dtype": "FP32", "shape": [-1, 4]}],
-    "outputs": [
-        {"name": "probabilities", "dtype": "FP32", "shape": [-1, 2]},
-        {"name": "logits", "dtype": "FP32", "shape": [-1, 2]},
-    ],
-    "serving": SERVING,
-}
+from tests.support.bench import peer_repository
 
 
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     """A repository with model.json and a stand-in model.onnx (the configs only copy it)."""
-    version = tmp_path / "repo" / "mlp" / "1"
-    version.mkdir(parents=True)
-    (version / "model.json").write_text(json.dumps(MODEL_JSON))
-    (version / "model.onnx").write_bytes(b"not parsed here")
-    return tmp_path / "repo"
+    return peer_repository(tmp_path)
 
 
 def test_triton_config_parses_as_model_config(repository: Path, tmp_path: Path) -> None:
@@ -207,30 +187,6 @@ def test_median_of_rounds() -> None:
     assert m["inferences_per_s_range"] == [1000, 3000] and m["rounds"] == 3
     failed = median_of([{"error": "exit 99: no"}])
     assert failed["rounds"] == 0 and failed["error"] == "exit 99: no"
-
-
-@pytest.mark.parametrize("front", ["aio", "native"])
-def test_noop_servers_answer_fixed_bytes_and_echo_ids(
-    repository: Path, tmp_path: Path, front: str
-) -> None:
-    """Started by the harness (port 0, ports file), ready, ModelInfer answered with
-    nnserve's response shape and the request id echoed for perf_analyzer."""
-    server = start_noop(repository, "mlp", tmp_path, front)
-    try:
-        wait_ready(server, timeout_s=30)
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            request = pb.ModelInferRequest(model_name="mlp", id="req-7")
-            response = stub.ModelInfer(request, timeout=5)
-            assert response.id == "req-7"
-            assert [o.name for o in response.outputs] == ["probabilities", "logits"]
-            assert len(response.raw_output_contents[0]) == 8  # 1 x 2 FP32
-            assert not stub.ModelInfer(pb.ModelInferRequest(model_name="mlp"), timeout=5).id
-            config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=5).config
-            assert config.max_batch_size == 48 and list(config.input[0].dims) == [4]
-    finally:
-        server.stop()
-    assert server.process.poll() is not None
 
 
 def test_request_id_and_noop_response() -> None:

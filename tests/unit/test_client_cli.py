@@ -4,7 +4,7 @@ The server here implements nnserve.v1.Predictor and grpc.health.v1 on 127.0.0.1
 (port 0) with answers computed from the request by known formulas (pixel layout,
 feature order, per-event scores), so a transposed image or a reordered feature shows
 as a wrong number, and states the real services cannot be put in on demand
-(NOT_SERVING, a CUDA provider) are covered. test_client_real.py runs the library,
+(NOT_SERVING, a CUDA provider) are covered. tests/service/test_client_real.py runs the library,
 the asyncio client and the CLI against the real services.
 """
 

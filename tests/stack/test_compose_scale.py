@@ -37,7 +37,7 @@ from tests.support.metrics import Metrics
 from tests.support.models import golden_inputs, reference_outputs
 from tests.support.scaleout import LOAD_CLIENTS, MODEL
 
-pytestmark = pytest.mark.stack
+pytestmark = pytest.mark.docker
 
 REPLICAS = {"classify": 3, "sequence": 2}  # docker-compose.scale.yml
 METRICS_PORT = {"classify": 9091, "sequence": 9092}

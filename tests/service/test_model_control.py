@@ -1,8 +1,9 @@
-"""Model control (none / explicit / poll), version policy, name and version rules, and the
+"""Model control (none / explicit / poll), version policy, the repository scan and the
 repository containment rule, against real in-process servers (tests/support/servers.py).
 
 Faults against real server processes (corrupt repository at start, reload under load)
-are in test_model_control_process.py.
+are in test_model_control_process.py; the name and version rules and the settings model
+control refuses, on their own, in tests/unit/test_model_names.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contract.model import is_model_name, scan, version_number
+from contract.model import scan
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.inference import index_of, infer_request
@@ -63,37 +64,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-# ---------------------------------------------------------------------- names and scan
-
-
-def test_name_and_version_rules() -> None:
-    for good in ("mlp", "cnn", "my-model_2.onnx", "A", "9lives", "x" * 128):
-        assert is_model_name(good), good
-    for bad in ("", ".", "..", "../x", "/etc", "a/b", "a\\b", ".hidden", "-x", "a b",
-                "x" * 129, "mlp\n", "m²", "é"):  # fmt: skip
-        assert not is_model_name(bad), bad
-    assert version_number("7") == 7
-    assert version_number("9" * 18) == int("9" * 18)
-    for bad in ("", "0", "07", "²", "①", "٣", "7 ", "+7", "-1", "1.0", "9" * 19, "9" * 5000):
-        assert version_number(bad) is None, bad
-
-
-def test_settings_refuse_what_model_control_cannot_do() -> None:
-    from pydantic import ValidationError
-
-    from services.settings import Settings
-
-    assert str(Settings(model_control="poll").versions) == "latest:1"
-    assert str(Settings(model_control="explicit").versions) == "all"
-    assert Settings(version_policy="latest:3").versions.latest == 3
-    for bad in (
-        {"version_policy": "latest:0"},
-        {"version_policy": "newest"},
-        {"models": ["../x"]},
-        {"model_control": "explicit", "workers": 2, "grpc_port": 50051},
-    ):
-        with pytest.raises(ValidationError):
-            Settings(**bad)  # type: ignore[arg-type]
+# ---------------------------------------------------------------------- scan
 
 
 def odd_repository(model_repository: Path, tmp_path: Path) -> Path:
