@@ -1,6 +1,7 @@
 # nnserve entry points. Every target creates the virtualenv from nothing when missing.
 #   make run    train + export if the repository is empty, then serve both services
 #   make test   lint, typecheck and the whole test suite (with the tools it needs)
+#   make test-unit      the unit tests alone (tests/unit: no server, no training; seconds)
 #   make images         the serving and trainer images (docker build)
 #   make stack-test     the compose stacks built, started and checked in a Docker engine
 # ORT=auto (default) installs onnxruntime-gpu where `nvidia-smi -L` lists a GPU, else the
@@ -33,8 +34,9 @@ ORT_OTHER := onnxruntime-gpu
 endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv train export models report serve serve-classify serve-sequence run test lint typecheck \
-        protos bench bench-quick bench-peers bench-results soak soak-hostile perf-analyzer gpu-check fuzz clean images image-serving \
+.PHONY: venv train export models report serve serve-classify serve-sequence run test test-unit lint \
+        typecheck protos bench bench-quick bench-peers bench-results soak soak-hostile perf-analyzer \
+        gpu-check fuzz clean images image-serving \
         image-serving-gpu image-trainer stack-test
 
 venv: $(STAMP)
@@ -77,8 +79,11 @@ test: venv lint typecheck  ## lint, typecheck, then every test (tests/tools.sh: 
 	bash tests/tools.sh
 	$(PY) -m pytest -q
 
+test-unit: venv        ## tests/unit only: no server, no trained model (seconds)
+	$(PY) -m pytest -q tests/unit
+
 fuzz: venv             ## a long hypothesis run against real servers (FUZZ_EXAMPLES per test)
-	NNSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -s tests/test_fuzz.py
+	NNSERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -s tests/service/test_fuzz.py
 
 images: image-serving image-trainer   ## nnserve/serving and nnserve/trainer (docker build)
 
@@ -96,8 +101,8 @@ image-serving-gpu:     ## CUDA variant (onnxruntime-gpu)
 # Uses the running Docker engine, else starts a private dockerd (needs root, Debian's
 # docker.io and debootstrap); skips loudly where no engine can run, fails so in CI.
 stack-test: venv       ## compose stack + scale-out stack, built, started and checked
-	NNSERVE_STACK_TEST=1 nice -n 10 $(PY) -m pytest -q -s -rs -m stack \
-	    tests/test_compose_stack.py tests/test_compose_scale.py
+	NNSERVE_STACK_TEST=1 nice -n 10 $(PY) -m pytest -q -s -rs -m docker \
+	    tests/stack/test_compose_stack.py tests/stack/test_compose_scale.py
 
 lint: venv
 	$(PY) -m ruff check .

@@ -6,7 +6,7 @@ KServe v2 / Open Inference Protocol over gRPC, with Triton's extensions.
 Wire contract: package, service, message names and field numbers are those of
 Triton's public grpc_service.proto (a superset of KServe's grpc_predict_v2.proto),
 so tritonclient, perf_analyzer and KServe clients talk to nnserve unmodified.
-Never renumber a field; tests/test_protos.py compares every field against
+Never renumber a field; tests/unit/test_protos.py compares every field against
 tritonclient's own descriptors. The comments here are nnserve's; see
 docs/protocol.md for what nnserve implements.
 """

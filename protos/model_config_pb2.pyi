@@ -6,7 +6,7 @@ Triton model configuration, as returned by GRPCInferenceService.ModelConfig.
 Wire contract: message names, enum values and field numbers are those of
 Triton's public model_config.proto, so tritonclient and perf_analyzer decode
 nnserve's ModelConfigResponse unmodified. Never renumber a field;
-tests/test_protos.py compares every field against tritonclient's descriptors.
+tests/unit/test_protos.py compares every field against tritonclient's descriptors.
 nnserve fills name, platform, backend, max_batch_size, input, output,
 dynamic_batching, instance_group, version_policy and parameters; the rest is
 declared so that configs from other tools round-trip.
