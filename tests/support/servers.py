@@ -96,15 +96,17 @@ def running_server(
 
 
 @contextmanager
-def hold_inference_thread(server: RunningServer) -> Iterator[threading.Event]:
+def hold_inference_thread(
+    server: RunningServer, timeout: float = 10.0
+) -> Iterator[threading.Event]:
     """One of the server's inference threads runs a job that waits on the event yielded:
-    with inference_threads=1 nothing else runs until the test sets it (or the block
-    ends). Returns once the job holds the thread."""
+    with inference_threads=1 nothing else runs until the test sets it, the block ends,
+    or `timeout` seconds pass. Returns once the job holds the thread."""
     gate, held = threading.Event(), threading.Event()
 
     def hold(_: object) -> None:
         held.set()
-        gate.wait(10)
+        gate.wait(timeout)
 
     server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
     assert held.wait(5), "the inference thread was not taken"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -16,21 +15,21 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from contract.model import NUMPY_TO_V2, V2_TO_NUMPY, read_spec
 from services.ops.auth import token_hash
 from services.settings import Settings
-from tests.conftest import golden_inputs, model_json, reference_outputs
-from tests.pki import issue, make_ca, serial_of
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs, model_json, reference_outputs
+from tests.support.pki import issue, make_ca, serial_of
+from tests.support.security import replace_file
+from tests.support.servers import RunningServer, make_settings, running_server
 
 Reply = tuple[int, dict[str, str], bytes]
 INFER = "/v2/models/{}/infer"
@@ -123,21 +122,6 @@ def assert_golden_close(
 ) -> None:
     spec = read_spec(model_repository, name, 1)
     np.testing.assert_allclose(got, want, rtol=spec.rtol, atol=spec.atol)
-
-
-def samples(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # ---------------------------------------------------------------- tritonclient.http
@@ -371,15 +355,15 @@ def test_deadline_from_parameters_timeout_is_504(classify_server: RunningServer)
 
 def test_requests_are_counted_by_route_status_and_model(classify_server: RunningServer) -> None:
     port = classify_server.server.http_port
-    before = samples(classify_server)
+    before = read_metrics(classify_server)
     assert call(port, "POST", INFER.format("mlp"), mlp_body())[0] == 200
     assert call(port, "POST", INFER.format("mlp"), mlp_body(datatype="FP64"))[0] == 400
     assert call(port, "GET", "/v2/not/a/route")[0] == 404
     assert call(port, "GET", "/v2/models/mlp/ready")[0] == 200
-    after = samples(classify_server)
+    after = read_metrics(classify_server)
 
     def delta(name: str, **labels: str) -> float:
-        return sample(after, name, **labels) - sample(before, name, **labels)
+        return after.total(name, **labels) - before.total(name, **labels)
 
     route = "/v2/models/{name}/infer"
     assert delta("nnserve_http_requests_total", route=route, status="200") == 1
@@ -430,9 +414,9 @@ def test_body_over_the_limit_is_413_before_it_is_read(scratch_repository: Path) 
 
         ok = call(port, "POST", INFER.format("mlp"), mlp_body())  # the server goes on
         assert ok[0] == 200
-        values = samples(running)
+        values = read_metrics(running)
         route = "/v2/models/{name}/infer"
-        assert sample(values, "nnserve_http_requests_total", route=route, status="413") == 2
+        assert values.total("nnserve_http_requests_total", route=route, status="413") == 2
 
 
 def test_request_bodies_in_flight_are_bounded_429(scratch_repository: Path) -> None:
@@ -492,9 +476,9 @@ def test_tokens_401_403_and_the_grpc_roles(scratch_repository: Path, tmp_path: P
         assert call(port, "POST", "/v2/repository/models/mlp/load", b"{}", admin)[0] == 200
         assert call(port, "GET", "/v2/models/mlp/ready", None, admin)[0] == 200
 
-        values = samples(running)
+        values = read_metrics(running)
         failures = {
-            reason: sample(values, "nnserve_auth_failures_total", reason=reason)
+            reason: values.total("nnserve_auth_failures_total", reason=reason)
             for reason in ("missing", "invalid", "malformed", "forbidden")
         }
         assert failures == {"missing": 2, "invalid": 1, "malformed": 1, "forbidden": 1}
@@ -575,13 +559,6 @@ def test_http_port_defaults_ports_file_and_off(model_repository: Path, tmp_path:
     with running_server(off) as running:
         assert running.server.http is None
         assert json.loads(ports.read_text())["http_port"] is None
-
-
-def replace_file(source: Path, target: Path) -> None:
-    """Swap a file in one step (as a secret volume update does)."""
-    staged = target.with_name(target.name + ".new")
-    shutil.copyfile(source, staged)
-    os.replace(staged, target)
 
 
 def served_serial(port: int) -> int:

@@ -8,34 +8,29 @@ The protocol and behaviour tests run against both front ends (tests/conftest.py)
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import golden_inputs
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs
+from tests.support.servers import (
+    RunningServer,
+    hold_inference_thread,
+    make_settings,
+    running_server,
+)
 
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return read_metrics(server).total(name, **labels)
 
 
 def mlp_request(repository: Path) -> pb.ModelInferRequest:
@@ -45,23 +40,6 @@ def mlp_request(repository: Path) -> pb.ModelInferRequest:
         request.inputs.add(name=name, datatype="FP32", shape=list(row.shape))
         request.raw_input_contents.append(row.tobytes())
     return request
-
-
-@contextmanager
-def held_inference(server: RunningServer) -> Iterator[threading.Event]:
-    """Occupy the only inference thread until the yielded gate is set."""
-    gate, held = threading.Event(), threading.Event()
-
-    def hold(_: object) -> None:
-        held.set()
-        gate.wait(20)
-
-    server.server.threads.submit(hold, None, server.loop, lambda result, error: None)
-    assert held.wait(5)
-    try:
-        yield gate
-    finally:
-        gate.set()
 
 
 @pytest.fixture
@@ -86,7 +64,7 @@ def test_native_front_batches_calls_and_forwards_every_other_method(
     alone = stub.ModelInfer(request, timeout=10)
     batches_before = metric(server, "nnserve_batch_size_count", model="mlp")
     rows_before = metric(server, "nnserve_batch_size_sum", model="mlp")
-    with held_inference(server):
+    with hold_inference_thread(server, timeout=20):
         futures = [stub.ModelInfer.future(request, timeout=20) for _ in range(40)]
         deadline = time.monotonic() + 10  # every call received and queued
         while server.server.plane.inflight_requests < 40 and time.monotonic() < deadline:
@@ -117,7 +95,7 @@ def test_a_native_call_whose_deadline_passes_in_the_queue_is_never_run(
     request = mlp_request(model_repository)
     stub.ModelInfer(request, timeout=10)
     batches_before = metric(server, "nnserve_batch_size_count", model="mlp")
-    with held_inference(server):
+    with hold_inference_thread(server, timeout=20):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request, timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
