@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,20 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.process_harness import server_process
-from tests.test_kserve_api import full_length_request
+from tests.support.inference import full_length_request
+from tests.support.metrics import read_metrics
+from tests.support.process import server_process
 
 GRACE_SECONDS = 30.0
 HEAVY = 24  # full 256-row transformer batches, one inference thread: seconds of work
 
 
 def _inflight(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("nnserve_inflight_requests{")
-    )
+    return read_metrics(metrics_url).total("nnserve_inflight_requests")
 
 
 def test_goaway_early_work_completes_and_the_process_exits_when_done(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,18 +15,14 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.metrics import read_metrics
+from tests.support.servers import RunningServer, make_settings, running_server
 
 Code = grpc.StatusCode
 
 
 def _metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return read_metrics(server).total(name, **labels)
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +22,11 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
-from tests.conftest import golden_inputs, reference_outputs
-from tests.process_harness import server_process
-from tests.server_harness import RunningServer, make_settings, running_server
-from tests.test_kserve_api import decode_outputs, infer_request
+from tests.support.inference import decode_outputs, infer_request
+from tests.support.metrics import read_metrics
+from tests.support.models import golden_inputs, reference_outputs
+from tests.support.process import server_process
+from tests.support.servers import RunningServer, make_settings, running_server
 
 Code = grpc.StatusCode
 GZIP, DEFLATE = grpc.Compression.Gzip, grpc.Compression.Deflate
@@ -36,12 +36,7 @@ MiB = 1 << 20
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return read_metrics(url).total(name, **labels)
 
 
 def _unary(channel: grpc.Channel, path: str) -> grpc.UnaryUnaryMultiCallable:

@@ -8,7 +8,6 @@ import json
 import queue
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.ops import auth
 from services.rpc.stream import peer_address
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.metrics import read_metrics
+from tests.support.servers import RunningServer, make_settings, running_server
 
 Code = grpc.StatusCode
 ALICE = "alice-" + "a" * 40
@@ -28,11 +28,7 @@ BOB = "bob-" + "b" * 40
 
 
 def _refusals(server: RunningServer, reason: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("nnserve_session_refusals_total{") and f'reason="{reason}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return read_metrics(server).total("nnserve_session_refusals_total", reason=reason)
 
 
 def test_sessions_are_capped_per_client_address(scratch_repository: Path) -> None:

@@ -9,13 +9,11 @@ import json
 import math
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from contract.drift import DriftFeature, DriftReference
 from contract.model import NUMPY_TO_V2, read_spec
@@ -23,7 +21,8 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from services.core.drift import CHUNKS, PSI_EPSILON, DriftWindow, psi
 from services.settings import Settings
-from tests.server_harness import RunningServer, make_settings, running_server
+from tests.support.metrics import read_metrics
+from tests.support.servers import RunningServer, make_settings, running_server
 from training.dataset import Dataset
 from training.registry import get_recipe
 
@@ -175,13 +174,8 @@ def drift(server: RunningServer, model: str) -> dict[str, float]:
     """nnserve_input_drift of a model by feature, once a refresh has seen every request
     sent so far (requests are answered, hence observed, before this is called)."""
     time.sleep(5 * INTERVAL)
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return {
-        s.labels["feature"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "nnserve_input_drift" and s.labels["model"] == model
-    }
+    selected = read_metrics(server).select("nnserve_input_drift", model=model)
+    return {s.labels["feature"]: s.value for s in selected}
 
 
 def test_tabular_drift_low_on_held_out_and_high_on_tripled_income(
