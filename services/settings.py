@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     (launchers read every port from the ports file), off when grpc_port is another port
     (several servers on one host: give each its http_port too)."""
 
-    frontend: Frontend = Frontend.AIO
+    frontend: Frontend = Frontend.NATIVE
     """What receives gRPC calls. `native`: pygrpc-native (HTTP/2 and gRPC in Rust, outside
     the GIL) serves ModelInfer, Classify and Sequence, handing the server whole batches of
     calls; every other method reaches grpc.aio behind it. `aio`: grpc.aio serves every

@@ -4,6 +4,7 @@ so tests/unit, which asks for none, starts no server and trains no model."""
 
 from tests.support.servers import (
     classify_server,
+    frontend,
     model_repository,
     scratch_repository,
     sequence_server,
@@ -12,6 +13,7 @@ from tests.support.servers import (
 
 __all__ = [
     "classify_server",
+    "frontend",
     "model_repository",
     "scratch_repository",
     "sequence_server",

@@ -17,6 +17,9 @@ import pytest
 
 from tests.support.paths import ROOT
 
+# The benchmark starts its own servers with the front ends it measures.
+pytestmark = pytest.mark.frontends("native")
+
 FEATURES = ["age", "years_experience", "income", "debt_ratio"]
 
 
@@ -153,21 +156,21 @@ def test_quick_run_writes_expected_json(repository: Path, tmp_path: Path) -> Non
     assert (out / "latest-p99.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("frontend", ["aio", "native"])
+@pytest.mark.parametrize("front", ["aio", "native"])
 def test_launcher_reads_the_ports_file_and_passes_the_front_end(
-    repository: Path, tmp_path: Path, frontend: str
+    repository: Path, tmp_path: Path, front: str
 ) -> None:
     """Port 0: the address comes from the ports file the service writes once bound; the
     front end goes in as NNSERVE_FRONTEND; stop() ends the process tree."""
     from bench.harness import front_end, start_service, wait_ready
 
-    server = start_service("classify", repository, tmp_path, ["mlp"], frontend=frontend)
+    server = start_service("classify", repository, tmp_path, ["mlp"], frontend=front)
     try:
         wait_ready(server, timeout_s=60)
         port = int(server.address.rpartition(":")[2])
         assert port > 0 and server.metrics_port > 0
         assert "nnserve_batch_size" in server.scrape()
-        assert front_end(server) == frontend  # what the service says it runs
+        assert front_end(server) == front  # what the service says it runs
         assert server.process.pid in server.pids()
     finally:
         server.stop()

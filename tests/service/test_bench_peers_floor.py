@@ -14,6 +14,9 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.bench import peer_repository
 
+# The peers run starts its own servers with explicit front ends.
+pytestmark = pytest.mark.frontends("native")
+
 
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:

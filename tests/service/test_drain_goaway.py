@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
@@ -22,6 +23,9 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.inference import full_length_request
 from tests.support.metrics import read_metrics
 from tests.support.process import server_process
+
+# Grpc.aio's GOAWAY; the native drain is in test_faults and test_lifecycle.
+pytestmark = pytest.mark.frontends("aio")
 
 GRACE_SECONDS = 30.0
 HEAVY = 24  # full 256-row transformer batches, one inference thread: seconds of work

@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import onnxruntime as ort
+import pytest
 
 from tests.support.paths import ROOT
 from tests.support.tools import gpu_listed
+
+# The GPU check starts its own servers.
+pytestmark = pytest.mark.frontends("native")
 
 CUDA = "CUDAExecutionProvider"
 

@@ -28,6 +28,9 @@ from tests.support.servers import (
     running_server,
 )
 
+# What is particular to the native front end.
+pytestmark = pytest.mark.frontends("native")
+
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:
     return read_metrics(server).total(name, **labels)

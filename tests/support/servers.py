@@ -9,7 +9,9 @@ built until a test does):
   session with the real pipeline (training.api + export.api, short dry-run training:
   the service tests need real graphs and goldens, not accuracy);
 - scratch_repository: a private copy a test may break;
-- classify_server, sequence_server: one running server per service for the session;
+- frontend: the front end (NNSERVE_FRONTEND) of every server the test starts, in this
+  process or as a child process; tests/service runs each test once per front end;
+- classify_server, sequence_server: one running server per service and front end;
   servers: model name -> the server that serves it.
 
 `hold_inference_thread()` keeps one of a server's inference threads busy until the test
@@ -19,6 +21,7 @@ lets it go, so that requests queue behind it.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from collections.abc import Coroutine, Iterator
@@ -141,14 +144,34 @@ def scratch_repository(model_repository: Path, tmp_path: Path) -> Path:
     return target
 
 
+FRONTENDS = ("native", "aio")
+FRONTEND_ENV = "NNSERVE_FRONTEND"
+
+
 @pytest.fixture(scope="session")
-def classify_server(model_repository: Path) -> Iterator[RunningServer]:
+def frontend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The front end of the servers a test starts: set in the environment, which Settings
+    reads here and server processes inherit (parametrised by tests/service/conftest.py)."""
+    name: str = getattr(request, "param", FRONTENDS[0])
+    previous = os.environ.get(FRONTEND_ENV)
+    os.environ[FRONTEND_ENV] = name
+    try:
+        yield name
+    finally:
+        if previous is None:
+            os.environ.pop(FRONTEND_ENV, None)
+        else:
+            os.environ[FRONTEND_ENV] = previous
+
+
+@pytest.fixture(scope="session")
+def classify_server(model_repository: Path, frontend: str) -> Iterator[RunningServer]:
     with running_server(make_settings(model_repository, service="classify")) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def sequence_server(model_repository: Path) -> Iterator[RunningServer]:
+def sequence_server(model_repository: Path, frontend: str) -> Iterator[RunningServer]:
     with running_server(make_settings(model_repository, service="sequence")) as server:
         yield server
 
