@@ -32,6 +32,9 @@ def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+# grpc.aio's refusals (with the native front end, metadata over the limit is refused by
+# pygrpc-native as HTTP 431, unseen by the server: docs/metrics.md).
+@pytest.mark.frontends("aio")
 def test_refusals_before_the_method_runs_are_counted_and_logged(
     scratch_repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
