@@ -273,10 +273,15 @@ class _Accounted:
             self._admitted = True
         return self._call
 
-    def admit(self) -> None:
-        """Inside the accounting: refuse a call beyond max_concurrent_rpcs."""
+    def check(self, guard: _Guard | None, request: Any = None) -> None:
+        """Inside the accounting, before the handler: refuse a call beyond
+        max_concurrent_rpcs, check its token, refuse a message that cannot be used."""
         if not self._admitted:
             raise self._gate.refusal()
+        if guard is not None:
+            guard.check(self._context, self._call)
+        if type(request) is Refused:
+            raise request.error()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
@@ -309,12 +314,8 @@ def _unary(
 ) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         accounted = _Accounted(m, context, gate, unary=True)
-        async with accounted as call:
-            accounted.admit()
-            if guard is not None:
-                guard.check(context, call)
-            if type(request) is Refused:
-                raise request.error()
+        async with accounted:
+            accounted.check(guard, request)
             return await inner(request, context)
 
     return handle
@@ -325,12 +326,8 @@ def _server_stream(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         accounted = _Accounted(m, context, gate)
-        async with accounted as call:
-            accounted.admit()
-            if guard is not None:
-                guard.check(context, call)
-            if type(request) is Refused:
-                raise request.error()
+        async with accounted:
+            accounted.check(guard, request)
             async for item in inner(request, context):
                 yield item
 
@@ -344,12 +341,8 @@ def _writing_stream(
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         accounted = _Accounted(m, context, gate)
-        async with accounted as call:
-            accounted.admit()
-            if guard is not None:
-                guard.check(context, call)
-            if type(request) is Refused:
-                raise request.error()
+        async with accounted:
+            accounted.check(guard, request)
             await inner(request, context)
 
     return handle
@@ -369,10 +362,8 @@ def _bidi(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         accounted = _Accounted(m, context, gate)
-        async with accounted as call:
-            accounted.admit()
-            if guard is not None:
-                guard.check(context, call)
+        async with accounted:
+            accounted.check(guard)
             async for item in inner(_checked(requests), context):
                 yield item
 

@@ -110,10 +110,6 @@ class NativeFrontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
 
-    @property
-    def inflight(self) -> int:
-        return len(self._pending)
-
     def bind(self, address: str) -> int:
         """Bind the public port (and the fallback's socket); returns the bound port."""
         s = self._settings

@@ -24,7 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from protos import grpc_service_pb2, grpc_service_pb2_grpc, nnserve_pb2, nnserve_pb2_grpc
+from protos import grpc_service_pb2_grpc, nnserve_pb2_grpc
 from services.batching.threads import InferenceThreads
 from services.core.dataplane import DataPlane, Limits
 from services.core.drift import DriftExporter
@@ -40,6 +40,7 @@ from services.ops.metrics import Metrics, exposition_registry, serve_metrics
 from services.ops.tls import CertificateReloader, server_credentials
 from services.ops.tracing import Tracing
 from services.rpc.domain import PredictorServicer
+from services.rpc.endpoints import KSERVE, PREDICTOR
 from services.rpc.interceptor import AccountingInterceptor
 from services.rpc.kserve import KServeServicer
 from services.rpc.native import NativeFrontend
@@ -48,8 +49,6 @@ from services.settings import Frontend, Settings
 
 log = logging.getLogger(__name__)
 
-KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-PREDICTOR_SERVICE = nnserve_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 QUIET_BEFORE_STOP_SECONDS = 0.1  # no new call for this long: GOAWAY cancels nothing
 GOAWAY_AFTER_SECONDS = 1.0  # calls still arriving this long into a drain: GOAWAY anyway
@@ -153,8 +152,8 @@ class NNServeServer:
             )  # fmt: skip
         reflection.enable_server_reflection(
             (
-                KSERVE_SERVICE,
-                PREDICTOR_SERVICE,
+                KSERVE,
+                PREDICTOR,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -196,7 +195,7 @@ class NNServeServer:
 
     def _update_overall(self) -> None:
         status = SERVING if self.readiness.serving() else NOT_SERVING
-        for service in ("", KSERVE_SERVICE, PREDICTOR_SERVICE):
+        for service in ("", KSERVE, PREDICTOR):
             self._set_health(service, status)
 
     # ------------------------------------------------------------------ lifecycle

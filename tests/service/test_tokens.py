@@ -19,7 +19,8 @@ from nnserve_client import NNServeClient, NNServeError
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from services.ops import auth
-from services.rpc.server import KSERVE_SERVICE, PREDICTOR_SERVICE, build_server
+from services.rpc.endpoints import KSERVE, PREDICTOR
+from services.rpc.server import build_server
 from tests.support.cli import client_cli
 from tests.support.inference import infer_request
 from tests.support.metrics import read_metrics
@@ -94,7 +95,7 @@ def test_tokens_roles_metrics_and_logs(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
         services = {s.name for s in listed.list_services_response.service}
-        assert {KSERVE_SERVICE, PREDICTOR_SERVICE} <= services
+        assert {KSERVE, PREDICTOR} <= services
 
         failures = read_metrics(server).by_labels("nnserve_auth_failures_total")
         assert failures == {
