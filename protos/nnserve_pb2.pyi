@@ -574,6 +574,7 @@ class DescribeModelResponse(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
     MODEL_JSON_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.str
     family: _builtins.str
@@ -594,6 +595,10 @@ class DescribeModelResponse(_message.Message):
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """sequence models, index = token id"""
 
+    @_builtins.property
+    def shadow(self) -> Global___ShadowComparison:
+        """set while the model has a shadow version"""
+
     def __init__(
         self,
         *,
@@ -608,14 +613,138 @@ class DescribeModelResponse(_message.Message):
         provider: _builtins.str = ...,
         ready: _builtins.bool = ...,
         model_json: _builtins.str = ...,
+        shadow: Global___ShadowComparison | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "feature_names", b"feature_names", "labels", b"labels", "max_length", b"max_length", "model_json", b"model_json", "model_name", b"model_name", "model_version", b"model_version", "provider", b"provider", "ready", b"ready", "task", b"task", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "feature_names", b"feature_names", "labels", b"labels", "max_length", b"max_length", "model_json", b"model_json", "model_name", b"model_name", "model_version", b"model_version", "provider", b"provider", "ready", b"ready", "shadow", b"shadow", "task", b"task", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeModelResponse: _TypeAlias = DescribeModelResponse  # noqa: Y015
+
+@_typing.final
+class ShadowComparison(_message.Message):
+    """The serving version's outputs against its shadow version's, on the same requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    COMPARED_ROWS_FIELD_NUMBER: _builtins.int
+    DROPPED_REQUESTS_FIELD_NUMBER: _builtins.int
+    WINDOW_ROWS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    P99_ABS_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    serving_version: _builtins.str
+    shadow_version: _builtins.str
+    compared_rows: _builtins.int
+    """rows both versions answered, since the shadow was set"""
+    dropped_requests: _builtins.int
+    """requests not mirrored (shadow queue full, shadow failed)"""
+    window_rows: _builtins.int
+    """Over the last window_rows compared rows:"""
+    agreement: _builtins.float
+    """share of rows with the same top class (classify) or verdict"""
+    max_abs_difference: _builtins.float
+    """of any score"""
+    p99_abs_difference: _builtins.float
+    """of each row's largest score difference"""
+    def __init__(
+        self,
+        *,
+        serving_version: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+        compared_rows: _builtins.int = ...,
+        dropped_requests: _builtins.int = ...,
+        window_rows: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        max_abs_difference: _builtins.float = ...,
+        p99_abs_difference: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "compared_rows", b"compared_rows", "dropped_requests", b"dropped_requests", "max_abs_difference", b"max_abs_difference", "p99_abs_difference", b"p99_abs_difference", "serving_version", b"serving_version", "shadow_version", b"shadow_version", "window_rows", b"window_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowComparison: _TypeAlias = ShadowComparison  # noqa: Y015
+
+@_typing.final
+class SetShadowRequest(_message.Message):
+    """---------------------------------------------------------------- Routing"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    shadow_version: _builtins.str
+    """empty: remove the shadow"""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShadowRequest: _TypeAlias = SetShadowRequest  # noqa: Y015
+
+@_typing.final
+class PromoteShadowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteShadowRequest: _TypeAlias = PromoteShadowRequest  # noqa: Y015
+
+@_typing.final
+class RouteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    SERVING_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    serving_version: _builtins.str
+    """what requests naming no version get now"""
+    shadow_version: _builtins.str
+    """empty: none"""
+    pinned: _builtins.bool
+    """serving_version is pinned (by a promote), not the highest"""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        serving_version: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "pinned", b"pinned", "serving_version", b"serving_version", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
 
 @_typing.final
 class StreamRequest(_message.Message):

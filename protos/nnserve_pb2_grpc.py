@@ -320,3 +320,134 @@ class Predictor:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RoutingStub:
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetShadow = channel.unary_unary(
+                '/nnserve.v1.Routing/SetShadow',
+                request_serializer=protos_dot_nnserve__pb2.SetShadowRequest.SerializeToString,
+                response_deserializer=protos_dot_nnserve__pb2.RouteResponse.FromString,
+                _registered_method=True)
+        self.PromoteShadow = channel.unary_unary(
+                '/nnserve.v1.Routing/PromoteShadow',
+                request_serializer=protos_dot_nnserve__pb2.PromoteShadowRequest.SerializeToString,
+                response_deserializer=protos_dot_nnserve__pb2.RouteResponse.FromString,
+                _registered_method=True)
+
+
+class RoutingServicer:
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    def SetShadow(self, request, context):
+        """Name a ready version as the model's shadow (empty version: no shadow). While a shadow
+        is set and no version is pinned, the highest other ready version serves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteShadow(self, request, context):
+        """The shadow becomes the serving version (pinned) and the model has no shadow; requests
+        already accepted finish on the version that accepted them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RoutingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShadow,
+                    request_deserializer=protos_dot_nnserve__pb2.SetShadowRequest.FromString,
+                    response_serializer=protos_dot_nnserve__pb2.RouteResponse.SerializeToString,
+            ),
+            'PromoteShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteShadow,
+                    request_deserializer=protos_dot_nnserve__pb2.PromoteShadowRequest.FromString,
+                    response_serializer=protos_dot_nnserve__pb2.RouteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nnserve.v1.Routing', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nnserve.v1.Routing', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Routing:
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    @staticmethod
+    def SetShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnserve.v1.Routing/SetShadow',
+            protos_dot_nnserve__pb2.SetShadowRequest.SerializeToString,
+            protos_dot_nnserve__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnserve.v1.Routing/PromoteShadow',
+            protos_dot_nnserve__pb2.PromoteShadowRequest.SerializeToString,
+            protos_dot_nnserve__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

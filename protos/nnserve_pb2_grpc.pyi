@@ -130,3 +130,70 @@ class PredictorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_nnserve_pb2.SequenceStreamResponse], _abc.AsyncIterator[_nnserve_pb2.SequenceStreamResponse]]: ...
 
 def add_PredictorServicer_to_server(servicer: PredictorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RoutingStub:
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RoutingAsyncStub: ...
+    SetShadow: _grpc.UnaryUnaryMultiCallable[_nnserve_pb2.SetShadowRequest, _nnserve_pb2.RouteResponse]
+    """Name a ready version as the model's shadow (empty version: no shadow). While a shadow
+    is set and no version is pinned, the highest other ready version serves.
+    """
+    PromoteShadow: _grpc.UnaryUnaryMultiCallable[_nnserve_pb2.PromoteShadowRequest, _nnserve_pb2.RouteResponse]
+    """The shadow becomes the serving version (pinned) and the model has no shadow; requests
+    already accepted finish on the version that accepted them.
+    """
+
+@_typing.type_check_only
+class RoutingAsyncStub(RoutingStub):
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SetShadow: _aio.UnaryUnaryMultiCallable[_nnserve_pb2.SetShadowRequest, _nnserve_pb2.RouteResponse]  # type: ignore[assignment]
+    """Name a ready version as the model's shadow (empty version: no shadow). While a shadow
+    is set and no version is pinned, the highest other ready version serves.
+    """
+    PromoteShadow: _aio.UnaryUnaryMultiCallable[_nnserve_pb2.PromoteShadowRequest, _nnserve_pb2.RouteResponse]  # type: ignore[assignment]
+    """The shadow becomes the serving version (pinned) and the model has no shadow; requests
+    already accepted finish on the version that accepted them.
+    """
+
+class RoutingServicer(metaclass=_abc_1.ABCMeta):
+    """Which version of a model answers, and which one runs beside it in the shadow (admin
+    role). A shadow version gets a copy of every request the serving version answers, off
+    the request's path; its outputs are compared with the served ones (DescribeModel,
+    nnserve_shadow_* metrics) and never reach a client.
+    """
+
+    @_abc_1.abstractmethod
+    def SetShadow(
+        self,
+        request: _nnserve_pb2.SetShadowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nnserve_pb2.RouteResponse, _abc.Awaitable[_nnserve_pb2.RouteResponse]]:
+        """Name a ready version as the model's shadow (empty version: no shadow). While a shadow
+        is set and no version is pinned, the highest other ready version serves.
+        """
+
+    @_abc_1.abstractmethod
+    def PromoteShadow(
+        self,
+        request: _nnserve_pb2.PromoteShadowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nnserve_pb2.RouteResponse, _abc.Awaitable[_nnserve_pb2.RouteResponse]]:
+        """The shadow becomes the serving version (pinned) and the model has no shadow; requests
+        already accepted finish on the version that accepted them.
+        """
+
+def add_RoutingServicer_to_server(servicer: RoutingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -216,6 +216,20 @@ class Settings(BaseSettings):
     drift_interval_seconds: float = Field(default=5.0, ge=0.05, le=3600)
     """Input drift: seconds between recomputing nnserve_input_drift from the windows."""
 
+    shadows: dict[str, int] = Field(default_factory=dict)
+    """Shadow versions at start, model -> version, e.g. NNSERVE_SHADOWS='{"mlp": 2}': the
+    version gets a copy of every request the serving version (then the highest other
+    ready version) answers, and the outputs are compared (docs/operations.md "Shadow
+    versions"). The version policy must keep both versions loaded."""
+
+    shadow_queue_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """Shadow versions: input bytes of answered requests waiting for their shadow run, per
+    model; a request beyond it is not mirrored (counted as dropped), never queued."""
+
+    shadow_min_agreement: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Shadow versions: the top-class or verdict agreement below which the alert
+    NnserveShadowDisagreement fires (published as nnserve_shadow_min_agreement)."""
+
     verify_goldens: bool = True
     """Re-check model.json goldens at load; a model that fails never becomes ready."""
 
@@ -326,6 +340,9 @@ class Settings(BaseSettings):
         for name in self.models:
             if name != "*" and not is_model_name(name):
                 raise ValueError(f"models: {name[:40]!r} is not a valid model name")
+        for name, version in self.shadows.items():
+            if not is_model_name(name) or version < 1:
+                raise ValueError(f"shadows: {name[:40]!r}: expected a model name and version >= 1")
         _ = self.versions  # a bad policy fails at start, not at the first load
         if self.model_control is ModelControlMode.EXPLICIT and self.workers > 1:
             # Each worker has its own models; a Load would reach only one of them.

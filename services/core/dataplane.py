@@ -187,6 +187,11 @@ class Request:
         self._infer_start = time.perf_counter()
         runner = batcher or self.model.batcher
         future = runner.submit(inputs, self._rows, self._deadline, self._timing, dispatch)
+        shadows = plane.registry.shadows
+        if shadows and runner is self.model.batcher:  # the main graph's answers only
+            shadow = shadows.get(self.model.name)
+            if shadow is not None and shadow.serving is self.model:
+                shadow.follow(future, inputs, self._rows)
         drift = self.model.drift
         if drift is not None:  # accepted: its inputs may join the drift window (sampled)
             drift.observe(inputs, self._rows)

@@ -6,7 +6,8 @@ model is one immutable LoadedModel built here, in one place; a version record ho
 beside its state. A version that fails to load or fails its goldens stays visible with
 state FAILED and the reason, and never serves. Which versions serve follows the version
 policy (`_sync`); a version taken out of service is first made unresolvable, then drained
-(`_retire`).
+(`_retire`). Which version answers requests that name none, and which one shadows it,
+is the model's route (`Route`: the setting `shadows`, SetShadow, PromoteShadow).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from services.core.runtime import (
     single_row_seconds,
     warm_up,
 )
+from services.core.shadow import Shadow, incompatibility
 from services.core.stepping import Stepper, build_stepper, open_step
-from services.errors import ModelNotFound, Unavailable, shown
+from services.errors import FailedPrecondition, ModelNotFound, Unavailable, shown
 from services.ops.metrics import Metrics
 from services.settings import ServingConfig, Settings
 
@@ -143,6 +145,32 @@ class ModelVersion:
 StateListener = Callable[[ModelVersion], None]
 
 
+@dataclass
+class Route:
+    """Which version of a model answers requests naming none, and which one shadows it.
+    Serving: the pinned version while it is ready, else the highest ready version other
+    than the shadow (the shadow itself when no other is ready, and then it shadows none)."""
+
+    pinned: int | None = None  # set by PromoteShadow
+    shadow: int | None = None
+
+    def serving(self, ready: dict[int, LoadedModel]) -> LoadedModel | None:
+        if self.pinned in ready:
+            return ready[self.pinned]
+        others = [v for v in ready if v != self.shadow] or list(ready)
+        return ready[max(others)] if others else None
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """A model's route as it stands (the answer of SetShadow and PromoteShadow)."""
+
+    name: str
+    serving: int | None
+    shadow: int | None  # mirrored now (ready, compatible, not the serving version)
+    pinned: bool
+
+
 @dataclass(frozen=True)
 class SyncResult:
     """What bringing one model in line with the repository did."""
@@ -174,8 +202,12 @@ class ModelRegistry:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._listeners: list[StateListener] = []
         self._lock = asyncio.Lock()
-        # name -> highest READY version: the hot path's lookup, kept current on every change
+        # name -> the version requests naming none get (Route.serving): the hot path's
+        # lookup, kept current on every change
         self._serving: dict[str, LoadedModel] = {}
+        self._routes: dict[str, Route] = {}
+        # name -> the shadow mirroring its serving version, while there is one
+        self.shadows: dict[str, Shadow] = {}
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -189,12 +221,50 @@ class ModelRegistry:
         for listener in self._listeners:
             listener(mv)
 
+    def _route(self, name: str) -> Route:
+        route = self._routes.get(name)
+        if route is None:
+            route = self._routes[name] = Route(shadow=self._settings.shadows.get(name))
+        return route
+
     def _update_serving(self, name: str) -> None:
-        ready = [v.model for v in self._models.get(name, {}).values() if v.ready and v.model]
-        if ready:
-            self._serving[name] = max(ready, key=lambda m: m.version)
-        else:
+        ready = {
+            v: mv.model for v, mv in self._models.get(name, {}).items() if mv.ready and mv.model
+        }
+        route = self._route(name)
+        serving = route.serving(ready)
+        if serving is None:
             self._serving.pop(name, None)
+        else:
+            self._serving[name] = serving
+        shadow = ready.get(route.shadow) if route.shadow is not None else None
+        current = self.shadows.get(name)
+        if serving is None or shadow is None or shadow is serving:
+            if current is not None:
+                self._stop_shadow(name)
+            return
+        if current is not None and current.serving is serving and current.shadow is shadow:
+            return
+        if current is not None:
+            self._stop_shadow(name)
+        why = incompatibility(serving.spec, shadow.spec)
+        if why:
+            log.warning(
+                "model %s: version %d does not shadow version %d: %s",
+                name, shadow.version, serving.version, why,
+            )  # fmt: skip
+            return
+        self.shadows[name] = Shadow(
+            serving, shadow, self._metrics,
+            max_bytes=self._settings.shadow_queue_bytes,
+            min_agreement=self._settings.shadow_min_agreement,
+        )  # fmt: skip
+        log.info("model %s: version %d shadows version %d", name, shadow.version, serving.version)
+
+    def _stop_shadow(self, name: str) -> None:
+        shadow = self.shadows.pop(name, None)
+        if shadow is not None:
+            shadow.stop()
 
     # ------------------------------------------------------------------ queries
 
@@ -217,8 +287,10 @@ class ModelRegistry:
             served = ", ".join(self.names())
             raise ModelNotFound(f"unknown model {shown(name)}; served models: {served}")
         if not version:
-            ready = [v for v in versions.values() if v.ready]
-            return max(ready or versions.values(), key=lambda v: v.version)
+            serving = self._serving.get(name)
+            if serving is not None:
+                return versions[serving.version]
+            return max(versions.values(), key=lambda v: v.version)
         number = check_version(version)
         if number not in versions:
             raise ModelNotFound(
@@ -238,6 +310,70 @@ class ModelRegistry:
             detail = f": {mv.reason}" if mv.reason else ""
             raise Unavailable(f"model {name!r} version {mv.version} is {mv.state.value}{detail}")
         return mv.model
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, name: str) -> RouteState:
+        self.record(name)  # NOT_FOUND for a model the registry does not know
+        serving, shadow = self._serving.get(name), self.shadows.get(name)
+        return RouteState(
+            name,
+            serving.version if serving is not None else None,
+            shadow.shadow.version if shadow is not None else None,
+            pinned=serving is not None and serving.version == self._route(name).pinned,
+        )
+
+    def set_shadow(self, name: str, version: str) -> RouteState:
+        """SetShadow: `version` (ready, compatible) shadows the serving version; "" none."""
+        self._routing_allowed("SetShadow")
+        self.record(name)
+        route = self._route(name)
+        if not version:
+            route.shadow = None
+            self._update_serving(name)
+            return self.route(name)
+        mv = self.record(name, version)
+        ready = {v: r.model for v, r in self.versions(name).items() if r.ready and r.model}
+        if mv.version not in ready:
+            raise FailedPrecondition(
+                f"model {name!r} version {mv.version} is {mv.state.value}; only a ready "
+                "version can shadow"
+            )
+        candidate = Route(route.pinned if route.pinned != mv.version else None, mv.version)
+        serving = candidate.serving(ready)
+        if serving is None or serving.version == mv.version:
+            raise FailedPrecondition(
+                f"model {name!r} has no other ready version to serve beside version "
+                f"{mv.version} (the version policy must keep both loaded)"
+            )
+        why = incompatibility(serving.spec, ready[mv.version].spec)
+        if why:
+            raise FailedPrecondition(
+                f"model {name!r} version {mv.version} cannot shadow version "
+                f"{serving.version}: {why}"
+            )
+        self._routes[name] = candidate
+        self._update_serving(name)
+        return self.route(name)
+
+    def promote_shadow(self, name: str) -> RouteState:
+        """PromoteShadow: the shadow serves from the next request on (pinned); requests
+        already accepted finish on the version that accepted them, so none fails."""
+        self._routing_allowed("PromoteShadow")
+        self.record(name)
+        shadow = self.shadows.get(name)
+        if shadow is None:
+            raise FailedPrecondition(f"model {name!r} has no shadow version to promote")
+        self._routes[name] = Route(pinned=shadow.shadow.version)
+        self._update_serving(name)
+        return self.route(name)
+
+    def _routing_allowed(self, rpc: str) -> None:
+        if self._settings.workers > 1:  # each worker has its own registry
+            raise FailedPrecondition(
+                f"{rpc} is refused: with workers > 1 it would reach one worker; set "
+                "NNSERVE_SHADOWS and restart instead"
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -471,6 +607,7 @@ class ModelRegistry:
         for mv in list(self._models.get(name, {}).values()):
             await self._retire(mv)
         self._models.pop(name, None)
+        self._routes.pop(name, None)  # a later load starts from the settings' route
 
     async def _retire(self, mv: ModelVersion) -> None:
         """Take a version out of service: unresolvable at once, then its accepted requests
@@ -499,7 +636,10 @@ class ModelRegistry:
         log.info("model %s/%d retired", mv.name, mv.version)
 
     def drain(self) -> None:
-        """Refuse new requests on every model; queued and running ones complete."""
+        """Refuse new requests on every model; queued and running ones complete (shadow
+        copies not yet run are dropped)."""
+        for name in list(self.shadows):
+            self._stop_shadow(name)
         for mv in self.all_versions():
             if mv.model is not None:
                 mv.model.close()

@@ -56,6 +56,7 @@ PUBLIC = None  # no token needed (unless NNSERVE_AUTH_HEALTH=true)
 
 _KSERVE = "inference.GRPCInferenceService"
 _PREDICTOR = "nnserve.v1.Predictor"
+_ROUTING = "nnserve.v1.Routing"
 _HEALTH = "grpc.health.v1.Health"
 _REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 
@@ -85,6 +86,7 @@ METHOD_ROLES: dict[str, Role | None] = {
             "SequenceStream",
         )
     },
+    **{f"/{_ROUTING}/{m}": Role.ADMIN for m in ("SetShadow", "PromoteShadow")},
     f"/{_HEALTH}/Check": PUBLIC,
     f"/{_HEALTH}/Watch": PUBLIC,
     f"/{_REFLECTION}/ServerReflectionInfo": PUBLIC,

@@ -26,6 +26,8 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Scores are probabilities: differences from rounding noise (1e-6) to a flipped class (1).
+SCORE_DIFFERENCE_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 # A request's stages, in order; handoff is the time between the event loop and an
 # inference thread (both ways), what is left of the batcher's share after the others.
 STAGES = ("decode", "queue", "merge", "compute", "split", "handoff", "encode")
@@ -131,6 +133,33 @@ class Metrics:
             "the training inputs, per feature: < 0.1 stable, 0.1-0.25 moderate, > 0.25 "
             "significant.",
             ["model", "version", "feature"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        shadow = ["model", "version", "shadow_version"]
+        self.shadow_requests = Counter(
+            "nnserve_shadow_requests",
+            "Requests the serving version answered, by what became of their copy on the "
+            "shadow version: compared, dropped (shadow queue full or draining), failed.",
+            [*shadow, "outcome"], registry=r,
+        )  # fmt: skip
+        self.shadow_rows = Counter(
+            "nnserve_shadow_rows", "Rows both the serving and the shadow version answered.",
+            shadow, registry=r,
+        )  # fmt: skip
+        self.shadow_agreeing_rows = Counter(
+            "nnserve_shadow_agreeing_rows",
+            "Compared rows with the same top class (classify) or verdict (sequence) on both.",
+            shadow, registry=r,
+        )  # fmt: skip
+        self.shadow_score_difference = Histogram(
+            "nnserve_shadow_score_difference",
+            "Per compared row, the largest absolute difference of the two versions' scores.",
+            shadow, buckets=SCORE_DIFFERENCE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow_min_agreement = Gauge(
+            "nnserve_shadow_min_agreement",
+            "The agreement a shadow version should keep (shadow_min_agreement); the alert "
+            "NnserveShadowDisagreement compares the measured agreement with it.",
+            shadow, registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.",

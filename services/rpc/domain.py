@@ -83,6 +83,7 @@ class PredictorServicer(npb_grpc.PredictorServicer):
             provider=model.provider,
             ready=ready,
             model_json=spec.model_json,
+            shadow=_shadow(self._plane, spec.name, spec.version),
         )
 
     async def Stream(
@@ -129,6 +130,24 @@ class PredictorServicer(npb_grpc.PredictorServicer):
             return answer_type(id=item.id[:MAX_ID_CHARS], error=_error(exc))
 
         return pipelined(requests, answer, failed, self._stream_window)
+
+
+def _shadow(plane: DataPlane, name: str, version: int) -> npb.ShadowComparison | None:
+    """The model's shadow comparison, when the described version takes part in it."""
+    shadow = plane.registry.shadows.get(name)
+    if shadow is None or version not in (shadow.serving.version, shadow.shadow.version):
+        return None
+    s = shadow.summary()
+    return npb.ShadowComparison(
+        serving_version=str(s.serving_version),
+        shadow_version=str(s.shadow_version),
+        compared_rows=s.compared_rows,
+        dropped_requests=s.dropped_requests,
+        window_rows=s.window_rows,
+        agreement=s.agreement,
+        max_abs_difference=s.max_abs_difference,
+        p99_abs_difference=s.p99_abs_difference,
+    )
 
 
 def _error(exc: Exception) -> npb.StreamError:

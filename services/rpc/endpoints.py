@@ -75,6 +75,7 @@ def _sequence(request: npb.SequenceRequest, model: LoadedModel) -> Prepared:
 
 KSERVE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PREDICTOR = npb.DESCRIPTOR.services_by_name["Predictor"].full_name
+ROUTING = npb.DESCRIPTOR.services_by_name["Routing"].full_name
 MODEL_INFER = InferenceMethod(KSERVE, "ModelInfer", pb.ModelInferRequest, _model_infer)
 CLASSIFY = InferenceMethod(PREDICTOR, "Classify", npb.ClassifyRequest, _classify)
 SEQUENCE = InferenceMethod(PREDICTOR, "Sequence", npb.SequenceRequest, _sequence)

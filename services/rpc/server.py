@@ -40,10 +40,11 @@ from services.ops.metrics import Metrics, exposition_registry, serve_metrics
 from services.ops.tls import CertificateReloader, server_credentials
 from services.ops.tracing import Tracing
 from services.rpc.domain import PredictorServicer
-from services.rpc.endpoints import KSERVE, PREDICTOR
+from services.rpc.endpoints import KSERVE, PREDICTOR, ROUTING
 from services.rpc.interceptor import AccountingInterceptor
 from services.rpc.kserve import KServeServicer
 from services.rpc.native import NativeFrontend
+from services.rpc.routing import RoutingServicer
 from services.rpc.stream import StreamService
 from services.settings import Frontend, Settings
 
@@ -139,6 +140,7 @@ class NNServeServer:
             ),
             self.server,
         )
+        nnserve_pb2_grpc.add_RoutingServicer_to_server(RoutingServicer(self.registry), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.frontend, why = settings.frontend_in_use
         if why:
@@ -154,6 +156,7 @@ class NNServeServer:
             (
                 KSERVE,
                 PREDICTOR,
+                ROUTING,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -172,10 +172,11 @@ def test_fuzz_domain_api(servers: dict[str, RunningServer]) -> None:
 
 
 def _methods() -> list[tuple[str, bool]]:
-    """Every RPC of both services as (path, client-streaming)."""
+    """Every RPC of the inference services and routing as (path, client-streaming)."""
     methods = []
     for descriptor in (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                       npb.DESCRIPTOR.services_by_name["Predictor"]):  # fmt: skip
+                       npb.DESCRIPTOR.services_by_name["Predictor"],
+                       npb.DESCRIPTOR.services_by_name["Routing"]):  # fmt: skip
         for m in descriptor.methods:
             methods.append((f"/{descriptor.full_name}/{m.name}", m.client_streaming))
     return methods

@@ -12,15 +12,21 @@ from typing import Any
 
 
 def stage_version(
-    repository: Path, name: str, version: int, edit: Callable[[dict[str, Any]], None] | None = None
+    repository: Path,
+    name: str,
+    version: int,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    source: str | None = None,
 ) -> Path:
-    """Add <name>/<version> as a copy of version 1, the way an operator should: copy to a
-    staging name the scan ignores ('.'-prefixed), then rename into place atomically."""
+    """Add <name>/<version> as a copy of version 1 (of model `source` when given, renamed),
+    the way an operator should: copy to a staging name the scan ignores ('.'-prefixed),
+    then rename into place atomically."""
     staging = repository / name / f".staging-{version}"
-    shutil.copytree(repository / name / "1", staging)
+    shutil.copytree(repository / (source or name) / "1", staging)
     path = staging / "model.json"
     doc = json.loads(path.read_text())
-    doc["version"] = version
+    doc["name"], doc["version"] = name, version
     if edit is not None:
         edit(doc)
     path.write_text(json.dumps(doc))

@@ -26,6 +26,7 @@ def test_every_served_method_has_a_role() -> None:
     services = [
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         nnserve_pb2.DESCRIPTOR.services_by_name["Predictor"],
+        nnserve_pb2.DESCRIPTOR.services_by_name["Routing"],
         h.DESCRIPTOR.services_by_name["Health"],
         reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
     ]

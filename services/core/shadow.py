@@ -1,0 +1,285 @@
+"""Shadow versions: every request the serving version answers also runs on a shadow
+version, off the request's path, and the two versions' scores are compared.
+
+The copy is taken when the serving version's outputs are ready (a request that failed is
+not mirrored) and waits in a bounded queue per model: at most `shadow_queue_bytes` of
+input tensors (and MAX_PENDING requests). A request that does not fit is dropped, never
+queued without bound: when the server is busy the shadow falls behind and sheds, and the
+client's request never waits for it. One worker per model feeds the shadow version's own
+batcher one batch at a time (up to its max_batch_size rows), with no deadline, on the
+same inference threads; the shadow's answers go nowhere but into the comparison.
+
+Per compared row: the top class (classify) or verdict (sequence) of both versions, and
+the largest absolute difference of their scores. Cumulative counts are metrics
+(nnserve_shadow_*, docs/metrics.md); the last WINDOW_ROWS rows give DescribeModel's
+agreement, max and p99 difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from contract.model import ModelSpec
+from services.batching.batcher import Batcher
+from services.errors import ServingError
+from services.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+
+WINDOW_ROWS = 4096  # compared rows behind DescribeModel's agreement and differences
+MAX_PENDING = 1024  # requests waiting for their shadow run, per model, whatever their size
+
+
+def scores_output(spec: ModelSpec) -> str:
+    """The output whose rows are compared: class scores, or sequence verdict scores."""
+    if spec.classify is not None:
+        return spec.classify.scores_output
+    assert spec.sequence is not None  # a model is one or the other (contract/model.py)
+    return spec.sequence.sequence_scores_output
+
+
+def incompatibility(serving: ModelSpec, shadow: ModelSpec) -> str:
+    """Why `shadow` cannot take `serving`'s requests as they are ("" when it can): the
+    same task, inputs, labels, and the same reading of them (features, vocabulary)."""
+    if serving.task != shadow.task:
+        return f"its task is {shadow.task}, not {serving.task}"
+    if serving.inputs != shadow.inputs:
+        return "its inputs differ (names, types or shapes)"
+    if serving.labels != shadow.labels:
+        return "its labels differ"
+    if serving.classify != shadow.classify or serving.sequence != shadow.sequence:
+        return "it reads its inputs differently (features, image shape or vocabulary)"
+    if scores_output(serving) != scores_output(shadow):
+        return "its scores output has another name"
+    return ""
+
+
+@dataclass(frozen=True)
+class ShadowSummary:
+    serving_version: int
+    shadow_version: int
+    compared_rows: int
+    dropped_requests: int
+    window_rows: int
+    agreement: float  # 0 when no row was compared yet
+    max_abs_difference: float
+    p99_abs_difference: float
+
+
+class ShadowComparison:
+    """Cumulative metrics and a window of the last WINDOW_ROWS compared rows."""
+
+    def __init__(self, metrics: Metrics, model: str, version: int, shadow: int) -> None:
+        labels = (model, str(version), str(shadow))
+        self._labels = labels
+        self._metrics = metrics
+        self._rows = metrics.shadow_rows.labels(*labels)
+        self._agreeing = metrics.shadow_agreeing_rows.labels(*labels)
+        self._difference = metrics.shadow_score_difference.labels(*labels)
+        self._agree = np.zeros(WINDOW_ROWS, bool)
+        self._diff = np.zeros(WINDOW_ROWS, np.float64)
+        self._filled = 0
+        self._next = 0
+        self.compared_rows = 0
+
+    def add(self, served: np.ndarray, shadowed: np.ndarray) -> None:
+        """One request's scores from both versions, shape (rows, classes)."""
+        rows = served.shape[0]
+        served2 = served.reshape(rows, -1).astype(np.float64, copy=False)
+        shadowed2 = shadowed.reshape(rows, -1).astype(np.float64, copy=False)
+        agree = served2.argmax(axis=1) == shadowed2.argmax(axis=1)
+        diff = np.abs(served2 - shadowed2).max(axis=1)
+        self._rows.inc(rows)
+        self._agreeing.inc(int(agree.sum()))
+        for value in diff.tolist():
+            self._difference.observe(value)
+        self.compared_rows += rows
+        for start in range(0, rows, WINDOW_ROWS):  # rows <= max_batch_size: one pass
+            a, d = agree[start : start + WINDOW_ROWS], diff[start : start + WINDOW_ROWS]
+            idx = (self._next + np.arange(len(a))) % WINDOW_ROWS
+            self._agree[idx], self._diff[idx] = a, d
+            self._next = int((self._next + len(a)) % WINDOW_ROWS)
+            self._filled = min(WINDOW_ROWS, self._filled + len(a))
+
+    def window(self) -> tuple[int, float, float, float]:
+        """(rows, agreement, max, p99 of the per-row largest difference) over the window."""
+        n = self._filled
+        if n == 0:
+            return 0, 0.0, 0.0, 0.0
+        agree, diff = self._agree[:n], self._diff[:n]
+        return n, float(agree.mean()), float(diff.max()), float(np.quantile(diff, 0.99))
+
+
+class Version(Protocol):
+    """A loaded model version, as far as a shadow needs it (registry.LoadedModel)."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def batcher(self) -> Batcher: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """One answered request waiting for its shadow run."""
+
+    inputs: Tensors
+    served: np.ndarray  # the serving version's scores for it
+    rows: int
+    nbytes: int
+
+
+class Shadow:
+    """Mirrors one serving version's answered requests onto one shadow version.
+
+    Lives on the event loop (offers come from batcher futures' callbacks, the worker is a
+    task), so it takes no lock. `stop()` ends it: later offers are dropped."""
+
+    def __init__(
+        self,
+        serving: Version,
+        shadow: Version,
+        metrics: Metrics,
+        *,
+        max_bytes: int,
+        min_agreement: float,
+    ) -> None:
+        self.serving = serving
+        self.shadow = shadow
+        self._batcher = shadow.batcher
+        self._scores = scores_output(shadow.spec)
+        name = serving.spec.name
+        self._labels = (name, str(serving.spec.version), str(shadow.spec.version))
+        self._metrics = metrics
+        self._outcomes = {
+            outcome: metrics.shadow_requests.labels(*self._labels, outcome)
+            for outcome in ("compared", "dropped", "failed")
+        }
+        metrics.shadow_min_agreement.labels(*self._labels).set(min_agreement)
+        self.comparison = ShadowComparison(metrics, name, serving.spec.version, shadow.spec.version)
+        self.dropped = 0
+        self._max_bytes = max_bytes
+        self._pending: collections.deque[_Copy] = collections.deque()
+        self._bytes = 0  # input and score bytes of pending and running copies
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ intake
+
+    def follow(self, served: asyncio.Future[Tensors], inputs: Tensors, rows: int) -> None:
+        """Mirror this request once the serving version has answered it."""
+        served.add_done_callback(lambda future: self._answered(future, inputs, rows))
+
+    def _answered(self, future: asyncio.Future[Tensors], inputs: Tensors, rows: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # what the serving version did not answer has nothing to compare with
+        scores = future.result().get(self._scores)
+        if scores is None:
+            return
+        nbytes = sum(v.nbytes for v in inputs.values()) + scores.nbytes
+        if (
+            self._stopped
+            or len(self._pending) >= MAX_PENDING
+            or self._bytes + nbytes > self._max_bytes
+        ):
+            self._drop()
+            return
+        self._pending.append(_Copy(inputs, scores, rows, nbytes))
+        self._bytes += nbytes
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name=f"nnserve-shadow-{self._labels[0]}"
+            )
+        self._wake.set()
+
+    def _drop(self, outcome: str = "dropped") -> None:
+        self.dropped += 1
+        self._outcomes[outcome].inc()
+
+    # ------------------------------------------------------------------ worker
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and not self._stopped:
+                await self._run_batch(self._take())
+
+    def _take(self) -> list[_Copy]:
+        """Queued copies up to one batch of the shadow version (at least one)."""
+        cap = self._batcher.config.max_batch_size
+        batch = [self._pending.popleft()]
+        rows = batch[0].rows
+        while self._pending and rows + self._pending[0].rows <= cap:
+            copy = self._pending.popleft()
+            batch.append(copy)
+            rows += copy.rows
+        return batch
+
+    async def _run_batch(self, batch: list[_Copy]) -> None:
+        submitted: list[tuple[_Copy, asyncio.Future[Tensors]]] = []
+        try:
+            for copy in batch:
+                try:
+                    future = self._batcher.submit(copy.inputs, copy.rows, None, None, False)
+                except ServingError:  # the shadow's queue is full, or it is draining
+                    self._drop()
+                    continue
+                submitted.append((copy, future))
+            self._batcher.dispatch()
+            for copy, future in submitted:
+                try:
+                    outputs = await future
+                except ServingError:
+                    self._drop("failed")
+                    continue
+                shadowed = outputs.get(self._scores)
+                if shadowed is None or shadowed.shape != copy.served.shape:
+                    self._drop("failed")
+                    continue
+                self.comparison.add(copy.served, shadowed)
+                self._outcomes["compared"].inc()
+        finally:
+            self._bytes -= sum(copy.nbytes for copy in batch)
+            for _, future in submitted:
+                future.cancel()  # stopped mid-batch: drop what the shadow has not run
+
+    # ------------------------------------------------------------------ views
+
+    def summary(self) -> ShadowSummary:
+        rows, agreement, max_diff, p99 = self.comparison.window()
+        return ShadowSummary(
+            serving_version=self.serving.version,
+            shadow_version=self.shadow.version,
+            compared_rows=self.comparison.compared_rows,
+            dropped_requests=self.dropped,
+            window_rows=rows,
+            agreement=agreement,
+            max_abs_difference=max_diff,
+            p99_abs_difference=p99,
+        )
+
+    def stop(self) -> None:
+        """No more mirroring: pending copies are dropped, the worker ends, and the
+        configured bound's series goes (so no alert compares a pair that is gone)."""
+        self._stopped = True
+        while self._pending:
+            self._bytes -= self._pending.popleft().nbytes
+        if self._worker is not None:
+            self._worker.cancel()
+        with contextlib.suppress(KeyError):
+            self._metrics.shadow_min_agreement.remove(*self._labels)
