@@ -35,7 +35,7 @@ endif
 STAMP := $(VENV)/.installed-$(ORT_BUILD)-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: venv train export models report serve serve-classify serve-sequence run test test-unit lint \
-        typecheck protos bench bench-quick bench-peers bench-results soak soak-hostile perf-analyzer \
+        typecheck protos bench bench-quick bench-peers bench-results bench-shadow soak soak-hostile perf-analyzer \
         gpu-check fuzz clean images image-serving \
         image-serving-gpu image-trainer stack-test
 
@@ -126,6 +126,9 @@ bench-peers: models    ## mlp on the no-op gRPC floor, nnserve, MLServer and Tri
 
 bench-results: models  ## bench-peers, then its report written to docs/benchmark-results.md (the published results)
 	$(PY) -m bench.peers --repository $(REPOSITORY) --page docs/benchmark-results.md
+
+bench-shadow: models   ## serving p50/p99 with a shadow version on vs off (same run, interleaved rounds)
+	$(PY) -m bench.shadow --repository $(REPOSITORY)
 
 soak: models           ## 10 minutes of load on the mlp: resident memory growth
 	$(PY) -m bench --repository $(REPOSITORY) --soak 600

@@ -44,9 +44,11 @@ __all__ = [
     "ModelDescription",
     "NNServeClient",
     "NNServeError",
+    "Route",
     "SequenceResult",
     "SequenceScores",
     "ServingStatus",
+    "ShadowComparison",
     "StreamEventScore",
     "StreamSession",
     "open_channel",
@@ -157,6 +159,30 @@ class StreamEventScore:
 
 
 @dataclass(frozen=True)
+class ShadowComparison:
+    """The serving version's scores against its shadow version's, on the same requests."""
+
+    serving_version: str
+    shadow_version: str
+    compared_rows: int  # since the shadow was set
+    dropped_requests: int  # not mirrored: the shadow queue was full, or the shadow failed
+    window_rows: int  # the last compared rows the next three figures cover
+    agreement: float  # share of rows with the same top class or verdict
+    max_abs_difference: float
+    p99_abs_difference: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which version of a model serves requests naming none, and which one shadows it."""
+
+    model: str
+    serving_version: str
+    shadow_version: str  # "" when none
+    pinned: bool  # serving_version was pinned by a promote
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     name: str
     version: str
@@ -169,6 +195,7 @@ class ModelDescription:
     provider: str  # execution provider in use
     ready: bool
     model_json: dict[str, Any]  # the full model.json ({} if the server sent none)
+    shadow: ShadowComparison | None = None  # while the model has a shadow version
 
 
 # ---------------------------------------------------------------- encoding
@@ -278,7 +305,25 @@ def _description(pb: nnserve_pb2.DescribeModelResponse) -> ModelDescription:
         provider=pb.provider,
         ready=pb.ready,
         model_json=json.loads(pb.model_json) if pb.model_json else {},
+        shadow=_shadow(pb.shadow) if pb.HasField("shadow") else None,
     )
+
+
+def _shadow(pb: nnserve_pb2.ShadowComparison) -> ShadowComparison:
+    return ShadowComparison(
+        serving_version=pb.serving_version,
+        shadow_version=pb.shadow_version,
+        compared_rows=pb.compared_rows,
+        dropped_requests=pb.dropped_requests,
+        window_rows=pb.window_rows,
+        agreement=pb.agreement,
+        max_abs_difference=pb.max_abs_difference,
+        p99_abs_difference=pb.p99_abs_difference,
+    )
+
+
+def _route(pb: nnserve_pb2.RouteResponse) -> Route:
+    return Route(pb.model_name, pb.serving_version, pb.shadow_version, pb.pinned)
 
 
 def _tabular_request(
@@ -550,6 +595,7 @@ class NNServeClient:
         )
         self._metadata = _bearer(token)
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
+        self._routing = nnserve_pb2_grpc.RoutingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def close(self) -> None:
@@ -646,6 +692,17 @@ class NNServeClient:
     def describe(self, model: str, *, version: str = "") -> ModelDescription:
         request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
         return _description(self._call(self._predictor.DescribeModel, request))
+
+    def set_shadow(self, model: str, version: str) -> Route:
+        """Make ``version`` (ready) the model's shadow version; ``""`` removes the shadow.
+        Needs the admin role when the server has tokens."""
+        request = nnserve_pb2.SetShadowRequest(model_name=model, shadow_version=version)
+        return _route(self._call(self._routing.SetShadow, request))
+
+    def promote_shadow(self, model: str) -> Route:
+        """The shadow version serves from now on (pinned); the model has no shadow."""
+        request = nnserve_pb2.PromoteShadowRequest(model_name=model)
+        return _route(self._call(self._routing.PromoteShadow, request))
 
     def health(self, service: str = "") -> ServingStatus:
         """grpc.health.v1 Check: ``""`` for the whole server, a model name for one model.

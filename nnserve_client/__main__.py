@@ -1,7 +1,9 @@
 """Command line for nnserve's domain API and health checks.
 
     python -m nnserve_client health [--model mlp]
-    python -m nnserve_client describe mlp
+    python -m nnserve_client describe mlp                 (with its shadow comparison, if any)
+    python -m nnserve_client shadow mlp 2                 (admin: version 2 shadows mlp)
+    python -m nnserve_client shadow mlp --promote         (admin: the shadow serves; --off: none)
     python -m nnserve_client loan mlp --feature age=35 --feature income=4200 ...
     python -m nnserve_client loan mlp --file applicants.json
     python -m nnserve_client digit cnn --image seven.npy   (.npy, .csv/.txt, .pgm, .png)
@@ -127,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     describe = command("describe", "show a model's task, labels, features or vocabulary")
     describe.add_argument("model")
     describe.add_argument("--version", default="", help="model version (default: highest ready)")
+
+    shadow = command(
+        "shadow", "admin: set or remove a model's shadow version, or promote it to serving"
+    )
+    shadow.add_argument("model")
+    action = shadow.add_mutually_exclusive_group(required=True)
+    action.add_argument("version", nargs="?", help="the ready version to shadow the serving one")
+    action.add_argument("--off", action="store_true", help="remove the shadow version")
+    action.add_argument(
+        "--promote", action="store_true", help="the shadow version serves from now on"
+    )
 
     loan = command("loan", "classify loan applications with a tabular model (perceptron, mlp)")
     loan.add_argument("model")
@@ -265,6 +278,18 @@ def _print_description(d: ModelDescription) -> None:
     for key in ("accuracy", "f1"):
         if key in metrics:
             rows.append((key, f"{metrics[key]}"))
+    if d.shadow is not None:
+        s = d.shadow
+        rows.append(("shadow", f"version {s.shadow_version} shadows version {s.serving_version}"))
+        rows.append((
+            "agreement",
+            f"{s.agreement:.4f} over the last {s.window_rows} rows "
+            f"({s.compared_rows} compared, {s.dropped_requests} requests dropped)",
+        ))  # fmt: skip
+        rows.append((
+            "difference",
+            f"max {s.max_abs_difference:.3g}, p99 {s.p99_abs_difference:.3g} (scores)",
+        ))  # fmt: skip
     for key, value in rows:
         print(f"{key + ':':<12}{value}")
 
@@ -287,6 +312,20 @@ def _describe(client: NNServeClient, opts: argparse.Namespace) -> int:
         _emit_json(dataclasses.asdict(description))
     else:
         _print_description(description)
+    return EXIT_OK
+
+
+def _shadow(client: NNServeClient, opts: argparse.Namespace) -> int:
+    if opts.promote:
+        route = client.promote_shadow(opts.model)
+    else:
+        route = client.set_shadow(opts.model, "" if opts.off else opts.version)
+    if opts.json:
+        _emit_json(dataclasses.asdict(route))
+    else:
+        pinned = " (pinned)" if route.pinned else ""
+        print(f"model {route.model}: version {route.serving_version or '-'} serves{pinned}, "
+              f"shadow: {route.shadow_version or 'none'}")  # fmt: skip
     return EXIT_OK
 
 
@@ -463,6 +502,7 @@ def _follow(client: NNServeClient, opts: argparse.Namespace) -> int:
 COMMANDS = {
     "health": _health,
     "describe": _describe,
+    "shadow": _shadow,
     "loan": _loan,
     "digit": _digit,
     "logs": _logs,

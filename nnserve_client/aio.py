@@ -28,6 +28,7 @@ from nnserve_client import (
     ModelDescription,
     NNServeError,
     PathLike,
+    Route,
     SequenceResult,
     ServingStatus,
     _bearer,
@@ -37,6 +38,7 @@ from nnserve_client import (
     _credentials,
     _description,
     _images_request,
+    _route,
     _sequence_request,
     _sequence_result,
     _serving_status,
@@ -100,6 +102,7 @@ class AsyncNNServeClient:
         )
         self._metadata = _bearer(token)
         self._predictor = nnserve_pb2_grpc.PredictorStub(self._channel)
+        self._routing = nnserve_pb2_grpc.RoutingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
@@ -174,6 +177,16 @@ class AsyncNNServeClient:
     async def describe(self, model: str, *, version: str = "") -> ModelDescription:
         request = nnserve_pb2.DescribeModelRequest(model_name=model, model_version=version)
         return _description(await self._call(self._predictor.DescribeModel, request))
+
+    async def set_shadow(self, model: str, version: str) -> Route:
+        """See :meth:`nnserve_client.NNServeClient.set_shadow`."""
+        request = nnserve_pb2.SetShadowRequest(model_name=model, shadow_version=version)
+        return _route(await self._call(self._routing.SetShadow, request))
+
+    async def promote_shadow(self, model: str) -> Route:
+        """See :meth:`nnserve_client.NNServeClient.promote_shadow`."""
+        request = nnserve_pb2.PromoteShadowRequest(model_name=model)
+        return _route(await self._call(self._routing.PromoteShadow, request))
 
     async def health(self, service: str = "") -> ServingStatus:
         """See :meth:`nnserve_client.NNServeClient.health`."""

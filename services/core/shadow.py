@@ -6,8 +6,10 @@ not mirrored) and waits in a bounded queue per model: at most `shadow_queue_byte
 input tensors (and MAX_PENDING requests). A request that does not fit is dropped, never
 queued without bound: when the server is busy the shadow falls behind and sheds, and the
 client's request never waits for it. One worker per model feeds the shadow version's own
-batcher one batch at a time (up to its max_batch_size rows), with no deadline, on the
-same inference threads; the shadow's answers go nowhere but into the comparison.
+batcher one batch at a time, with no deadline, on the same inference threads: a batch
+waits up to FLUSH_SECONDS for copies to reach the shadow's max_batch_size rows, so that
+at low rates many copies share one ONNX Runtime run instead of each costing one beside
+the served requests. The shadow's answers go nowhere but into the comparison.
 
 Per compared row: the top class (classify) or verdict (sequence) of both versions, and
 the largest absolute difference of their scores. Cumulative counts are metrics
@@ -37,6 +39,7 @@ Tensors = dict[str, np.ndarray]
 
 WINDOW_ROWS = 4096  # compared rows behind DescribeModel's agreement and differences
 MAX_PENDING = 1024  # requests waiting for their shadow run, per model, whatever their size
+FLUSH_SECONDS = 0.01  # the longest a copy waits for others to share its shadow batch
 
 
 def scores_output(spec: ModelSpec) -> str:
@@ -174,6 +177,7 @@ class Shadow:
         self._max_bytes = max_bytes
         self._pending: collections.deque[_Copy] = collections.deque()
         self._bytes = 0  # input and score bytes of pending and running copies
+        self._pending_rows = 0
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._stopped = False
@@ -200,6 +204,7 @@ class Shadow:
             return
         self._pending.append(_Copy(inputs, scores, rows, nbytes))
         self._bytes += nbytes
+        self._pending_rows += rows
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(
                 self._run(), name=f"nnserve-shadow-{self._labels[0]}"
@@ -217,7 +222,10 @@ class Shadow:
             await self._wake.wait()
             self._wake.clear()
             while self._pending and not self._stopped:
-                await self._run_batch(self._take())
+                if self._pending_rows < self._batcher.config.max_batch_size:
+                    await asyncio.sleep(FLUSH_SECONDS)  # company for one shared run
+                if self._pending:
+                    await self._run_batch(self._take())
 
     def _take(self) -> list[_Copy]:
         """Queued copies up to one batch of the shadow version (at least one)."""
@@ -228,6 +236,7 @@ class Shadow:
             copy = self._pending.popleft()
             batch.append(copy)
             rows += copy.rows
+        self._pending_rows -= rows
         return batch
 
     async def _run_batch(self, batch: list[_Copy]) -> None:
@@ -279,6 +288,7 @@ class Shadow:
         self._stopped = True
         while self._pending:
             self._bytes -= self._pending.popleft().nbytes
+        self._pending_rows = 0
         if self._worker is not None:
             self._worker.cancel()
         with contextlib.suppress(KeyError):

@@ -1,6 +1,7 @@
 """The benchmark on a tiny MLP made here: the harness's launcher with each front end, a
-quick `python -m bench` run and a one-round `python -m bench.peers` run against real
-servers. (The parsers and the target checks: tests/unit/test_bench_parsing.py.)"""
+quick `python -m bench` run, a one-round `python -m bench.peers` run and a one-round
+`python -m bench.shadow` run against real servers. (The parsers and the target checks:
+tests/unit/test_bench_parsing.py.)"""
 
 from __future__ import annotations
 
@@ -217,3 +218,26 @@ def test_peers_run_measures_both_front_ends_and_the_no_op_floors(
     assert "| client | conc | figure | no-op grpc.aio | no-op native | nnserve aio |" in page
     assert "(images/peers-mlp.png)" in page
     assert (tmp_path / "docs" / "images" / "peers-mlp.png").stat().st_size > 0
+
+
+def test_shadow_bench_measures_both_servers_and_only_one_mirrors(
+    repository: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench.shadow", "--repository", str(repository), "--rounds", "1",
+        "--concurrency", "1,4", "--duration", "1", "--warmup", "0.3", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "p99 ms" in proc.stdout  # the table was printed
+    doc = json.loads((out / "latest-shadow.json").read_text())
+    rows = {(r["concurrency"], r["mode"]): r for r in doc["summary"]}
+    assert set(rows) == {(c, m) for c in (1, 4) for m in ("off", "on")}
+    for (_, mode), row in rows.items():
+        assert row["inferences_per_s"] > 0 and row["error_count"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        if mode == "off":
+            assert row["shadow_compared"] == 0 and row["shadow_dropped"] == 0
+        else:  # the on server mirrored what it answered in the window (and a bit more)
+            assert row["shadow_compared"] + row["shadow_dropped"] > 0

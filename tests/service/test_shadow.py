@@ -18,11 +18,13 @@ import grpc
 import numpy as np
 import pytest
 
+from nnserve_client import NNServeClient
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import nnserve_pb2 as npb
 from protos import nnserve_pb2_grpc as npb_grpc
 from services.core.shadow import WINDOW_ROWS, ShadowComparison
 from services.ops.metrics import Metrics
+from tests.support.cli import client_cli
 from tests.support.inference import decode_outputs, infer_request
 from tests.support.metrics import read_metrics
 from tests.support.repository import stage_version
@@ -31,6 +33,8 @@ from tests.support.servers import RunningServer, make_settings, running_server
 
 Code = grpc.StatusCode
 REQUESTS, ROWS = 40, 8
+FEATURES = ("age", "years_experience", "monthly_income", "debt_ratio", "credit_score",
+            "loan_amount", "loan_term_months", "dependents")  # fmt: skip
 
 
 def loan_rows(seed: int, rows: int = ROWS) -> np.ndarray:
@@ -244,12 +248,24 @@ def test_a_full_shadow_queue_drops_copies_and_clients_never_notice(
         assert describe(server).shadow.dropped_requests == 10
 
 
-def test_routing_needs_the_admin_role(shadow_repository: Path, tokens_file: Path) -> None:
+def test_routing_needs_the_admin_role_from_the_cli_and_the_client(
+    shadow_repository: Path, tokens_file: Path
+) -> None:
     settings = make_settings(shadow_repository, models=["mlp"], tokens_file=tokens_file)
     with running_server(settings) as server:
-        request = npb.SetShadowRequest(model_name="mlp", shadow_version="2")
-        metadata = (("authorization", f"Bearer {INFER_TOKEN}"),)
-        code, _ = code_of(lambda: routing(server).SetShadow(request, metadata=metadata))
-        assert code is Code.PERMISSION_DENIED
-        admin = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
-        assert routing(server).SetShadow(request, metadata=admin).shadow_version == "2"
+        infer_only = client_cli("shadow", "mlp", "2", "--address", server.address,
+                                env={"NNSERVE_TOKEN": INFER_TOKEN})  # fmt: skip
+        assert infer_only.returncode == 1 and "PERMISSION_DENIED" in infer_only.stderr
+        admin = client_cli("shadow", "mlp", "2", "--address", server.address,
+                           env={"NNSERVE_TOKEN": ADMIN_TOKEN})  # fmt: skip
+        assert admin.returncode == 0, admin.stderr
+        assert admin.stdout.strip() == "model mlp: version 3 serves, shadow: 2"
+        with NNServeClient(server.address, token=ADMIN_TOKEN) as client:
+            client.classify_tabular("mlp", [dict.fromkeys(FEATURES, 1.0)])
+            wait_until(lambda: client.describe("mlp").shadow is not None
+                       and client.describe("mlp").shadow.compared_rows == 1)  # type: ignore[union-attr]  # fmt: skip
+            route = client.promote_shadow("mlp")
+            assert (route.serving_version, route.shadow_version, route.pinned) == ("2", "", True)
+            described = client_cli("describe", "mlp", "--address", server.address,
+                                   env={"NNSERVE_TOKEN": ADMIN_TOKEN})  # fmt: skip
+            assert "version:    2" in described.stdout
