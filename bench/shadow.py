@@ -9,6 +9,9 @@ the rounds of throughput, p50, p99 and server CPU per request, and what became o
 shadow copies (compared or dropped) during the measured windows.
 
     python -m bench.shadow --repository model_repository --concurrency 1,32 --rounds 3
+
+As `make bench-peers`, the client side runs on the first CPU and the servers on the
+others (--no-pin: all share every CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -64,6 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = build_workload(info, "v2", sample_rows(info, 16))
     shadows = json.dumps({args.model: 2})
     servers: dict[str, Server] = {}
+    split = harness.cpu_split() if args.pin else None
+    if split:  # this process first: the load process inherits it
+        harness.pin([os.getpid()], split[0])
     gen = LoadGenerator(1)
     points: list[dict[str, Any]] = []
     try:
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
         for server in servers.values():
             wait_ready(server)
+            if split:
+                harness.pin(server.pids(), split[1])
         for rnd in range(args.rounds):
             for concurrency in args.concurrency:
                 for mode in MODES:
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "shadow",
         "started_at": started.isoformat(timespec="seconds"),
         "machine": harness.machine_context(),
+        "pinning": split and {"client_cpus": sorted(split[0]), "server_cpus": sorted(split[1])},
         "model": args.model,
         "rounds": args.rounds,
         "duration_s": args.duration,
@@ -138,9 +148,16 @@ def table(doc: dict[str, Any]) -> str:
                ("server_cpu_us_per_request", 1), ("shadow_compared", 0),
                ("shadow_dropped", 0), ("error_count", 0)]  # fmt: skip
     rows = [[str(r["concurrency"]), r["mode"], *report.cells(r, columns)] for r in doc["summary"]]
+    pinning = doc.get("pinning")
+    where = (
+        f"client on CPU {pinning['client_cpus']}, servers on {pinning['server_cpus']}"
+        if pinning
+        else "not pinned"
+    )
     title = (
         f"{doc['model']}, KServe v2 ModelInfer batch 1, medians of {doc['rounds']} rounds "
-        f"x {doc['duration_s']:g} s; shadow on: an identical copy as the shadow version"
+        f"x {doc['duration_s']:g} s ({where}); shadow on: an identical copy as the shadow "
+        "version"
     )
     return title + "\n" + report.table(header, rows)
 
@@ -155,6 +172,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before each point")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="share every CPU (default: the client on the first, servers on the rest)",
+    )
     return p
 
 

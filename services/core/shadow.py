@@ -4,12 +4,14 @@ version, off the request's path, and the two versions' scores are compared.
 The copy is taken when the serving version's outputs are ready (a request that failed is
 not mirrored) and waits in a bounded queue per model: at most `shadow_queue_bytes` of
 input tensors (and MAX_PENDING requests). A request that does not fit is dropped, never
-queued without bound: when the server is busy the shadow falls behind and sheds, and the
-client's request never waits for it. One worker per model feeds the shadow version's own
-batcher one batch at a time, with no deadline, on the same inference threads: a batch
-waits up to FLUSH_SECONDS for copies to reach the shadow's max_batch_size rows, so that
-at low rates many copies share one ONNX Runtime run instead of each costing one beside
-the served requests. The shadow's answers go nowhere but into the comparison.
+queued without bound. One worker per model feeds the shadow version's own batcher one
+batch at a time, with no deadline, on the same inference threads, and only while the
+serving version's batcher is idle (nothing queued or running): when the server is busy
+the shadow falls behind and sheds, and client requests do not queue behind shadow work.
+A batch waits up to FLUSH_SECONDS for copies to reach the shadow's max_batch_size rows,
+so that at low rates many copies share one ONNX Runtime run; the copies of a batch are
+merged here and reach the batcher as one request, and their rows are compared in one
+pass. The shadow's answers go nowhere but into the comparison.
 
 Per compared row: the top class (classify) or verdict (sequence) of both versions, and
 the largest absolute difference of their scores. Cumulative counts are metrics
@@ -30,6 +32,7 @@ import numpy as np
 
 from contract.model import ModelSpec
 from services.batching.batcher import Batcher
+from services.batching.merge import BatchLayout
 from services.errors import ServingError
 from services.ops.metrics import Metrics
 
@@ -40,6 +43,7 @@ Tensors = dict[str, np.ndarray]
 WINDOW_ROWS = 4096  # compared rows behind DescribeModel's agreement and differences
 MAX_PENDING = 1024  # requests waiting for their shadow run, per model, whatever their size
 FLUSH_SECONDS = 0.01  # the longest a copy waits for others to share its shadow batch
+YIELD_SECONDS = 0.002  # how often a waiting shadow batch looks whether the serving one is idle
 
 
 def scores_output(spec: ModelSpec) -> str:
@@ -143,6 +147,7 @@ class _Copy:
     served: np.ndarray  # the serving version's scores for it
     rows: int
     nbytes: int
+    shape: tuple[tuple[int, ...], ...]  # of its inputs beyond the batch and sequence axes
 
 
 class Shadow:
@@ -163,6 +168,8 @@ class Shadow:
         self.serving = serving
         self.shadow = shadow
         self._batcher = shadow.batcher
+        self._layout = BatchLayout.for_model(shadow.spec)
+        self._padded = self._layout.padded_inputs
         self._scores = scores_output(shadow.spec)
         name = serving.spec.name
         self._labels = (name, str(serving.spec.version), str(shadow.spec.version))
@@ -202,7 +209,8 @@ class Shadow:
         ):
             self._drop()
             return
-        self._pending.append(_Copy(inputs, scores, rows, nbytes))
+        shape = tuple(v.shape[2:] if k in self._padded else v.shape[1:] for k, v in inputs.items())
+        self._pending.append(_Copy(inputs, scores, rows, nbytes, shape))
         self._bytes += nbytes
         self._pending_rows += rows
         if self._worker is None:
@@ -224,15 +232,24 @@ class Shadow:
             while self._pending and not self._stopped:
                 if self._pending_rows < self._batcher.config.max_batch_size:
                     await asyncio.sleep(FLUSH_SECONDS)  # company for one shared run
+                while self.serving.batcher.busy and not self._stopped:
+                    # The serving version first: copies wait (and new ones are dropped
+                    # once the queue is full) while it has requests queued or running.
+                    await asyncio.sleep(YIELD_SECONDS)
                 if self._pending:
                     await self._run_batch(self._take())
 
     def _take(self) -> list[_Copy]:
-        """Queued copies up to one batch of the shadow version (at least one)."""
+        """Queued copies for one shadow batch (at least one): up to the shadow's
+        max_batch_size rows, of one shape apart from the batch and sequence axes."""
         cap = self._batcher.config.max_batch_size
         batch = [self._pending.popleft()]
         rows = batch[0].rows
-        while self._pending and rows + self._pending[0].rows <= cap:
+        while (
+            self._pending
+            and rows + self._pending[0].rows <= cap
+            and self._pending[0].shape == batch[0].shape
+        ):
             copy = self._pending.popleft()
             batch.append(copy)
             rows += copy.rows
@@ -240,32 +257,33 @@ class Shadow:
         return batch
 
     async def _run_batch(self, batch: list[_Copy]) -> None:
-        submitted: list[tuple[_Copy, asyncio.Future[Tensors]]] = []
+        """One submission of the merged copies, one comparison of all their rows."""
+        future: asyncio.Future[Tensors] | None = None
         try:
-            for copy in batch:
-                try:
-                    future = self._batcher.submit(copy.inputs, copy.rows, None, None, False)
-                except ServingError:  # the shadow's queue is full, or it is draining
-                    self._drop()
-                    continue
-                submitted.append((copy, future))
-            self._batcher.dispatch()
-            for copy, future in submitted:
-                try:
-                    outputs = await future
-                except ServingError:
+            lengths = [self._layout.length_of(c.inputs) for c in batch]
+            merged = self._layout.merge([c.inputs for c in batch], lengths)
+            rows = sum(c.rows for c in batch)
+            try:
+                future = self._batcher.submit(merged, rows, None)
+                outputs = await future
+            except ServingError:  # the shadow's queue is full, it is draining, or it failed
+                for _ in batch:
                     self._drop("failed")
-                    continue
-                shadowed = outputs.get(self._scores)
-                if shadowed is None or shadowed.shape != copy.served.shape:
+                return
+            shadowed = outputs.get(self._scores)
+            served = (
+                np.concatenate([c.served for c in batch]) if len(batch) > 1 else batch[0].served
+            )
+            if shadowed is None or shadowed.shape != served.shape:
+                for _ in batch:
                     self._drop("failed")
-                    continue
-                self.comparison.add(copy.served, shadowed)
-                self._outcomes["compared"].inc()
+                return
+            self.comparison.add(served, shadowed)
+            self._outcomes["compared"].inc(len(batch))
         finally:
             self._bytes -= sum(copy.nbytes for copy in batch)
-            for _, future in submitted:
-                future.cancel()  # stopped mid-batch: drop what the shadow has not run
+            if future is not None:
+                future.cancel()  # stopped mid-batch: the shadow need not run it
 
     # ------------------------------------------------------------------ views
 
