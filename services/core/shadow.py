@@ -265,8 +265,13 @@ class Shadow:
             rows = sum(c.rows for c in batch)
             try:
                 future = self._batcher.submit(merged, rows, None)
+            except ServingError:  # the shadow's queue is full, or it is draining
+                for _ in batch:
+                    self._drop()
+                return
+            try:
                 outputs = await future
-            except ServingError:  # the shadow's queue is full, it is draining, or it failed
+            except ServingError:  # the shadow version failed the batch
                 for _ in batch:
                     self._drop("failed")
                 return
