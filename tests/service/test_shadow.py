@@ -9,6 +9,8 @@ client finds by asking both versions itself)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -114,29 +116,39 @@ def test_identical_copy_as_shadow_finds_full_agreement(shadow_repository: Path) 
     (shadow_repository / "mlp" / "3").rename(shadow_repository / "mlp" / ".gone-3")
     settings = make_settings(shadow_repository, models=["mlp"], shadows={"mlp": 2})
     with running_server(settings) as server:
+        all_rows = (REQUESTS + 1) * ROWS
         stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
         for i in range(REQUESTS):
             version, _ = infer(stub, loan_rows(i))
             assert version == "1"  # the highest version other than the shadow serves
-        wait_until(lambda: describe(server).shadow.compared_rows == REQUESTS * ROWS)
+        # A KServe v2 REST request is mirrored the same way (one more batch of rows).
+        rest = http.client.HTTPConnection("127.0.0.1", server.server.http_port, timeout=10)
+        body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [ROWS, 8],
+                            "data": loan_rows(REQUESTS).ravel().tolist()}]}  # fmt: skip
+        rest.request("POST", "/v2/models/mlp/infer", json.dumps(body),
+                     {"content-type": "application/json"})  # fmt: skip
+        answer = rest.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["model_version"] == "1"
+        rest.close()
+        wait_until(lambda: describe(server).shadow.compared_rows == all_rows)
         shadow = describe(server).shadow
         assert (shadow.serving_version, shadow.shadow_version) == ("1", "2")
         assert shadow.agreement == 1.0
         assert shadow.max_abs_difference == 0.0
-        assert shadow.window_rows == REQUESTS * ROWS
+        assert shadow.window_rows == all_rows
         assert shadow.dropped_requests == 0
         labels = {"model": "mlp", "version": "1", "shadow_version": "2"}
         metrics = read_metrics(server)
-        assert metrics.value("nnserve_shadow_rows_total", **labels) == REQUESTS * ROWS
-        assert metrics.value("nnserve_shadow_agreeing_rows_total", **labels) == REQUESTS * ROWS
+        assert metrics.value("nnserve_shadow_rows_total", **labels) == all_rows
+        assert metrics.value("nnserve_shadow_agreeing_rows_total", **labels) == all_rows
         assert metrics.value("nnserve_shadow_requests_total", outcome="compared", **labels) == (
-            REQUESTS
+            REQUESTS + 1
         )
         assert metrics.value("nnserve_shadow_min_agreement", **labels) == 0.95
         # Every compared row's difference is in the lowest bucket.
         assert (
             metrics.value("nnserve_shadow_score_difference_bucket", le="1e-06", **labels)
-            == REQUESTS * ROWS
+            == all_rows
         )
 
 
