@@ -22,14 +22,20 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import harness, report
-from bench.harness import Server, measure_point, metric_samples, start_service, wait_ready
+from bench.harness import (
+    Server,
+    measure_point,
+    median_of,
+    metric_samples,
+    start_service,
+    wait_ready,
+)
 from bench.loadgen import LoadGenerator
 from bench.workload import build_workload, from_repository, sample_rows
 from contract.model import scan
@@ -126,17 +132,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(points: list[dict[str, Any]], concurrency: list[int]) -> list[dict[str, Any]]:
-    """Per concurrency and mode: medians over the rounds; the shadow counts summed."""
+    """Per concurrency and mode: the harness's medians over the rounds (errors summed),
+    and the shadow copies compared and dropped, summed."""
     rows = []
     for c in concurrency:
         for mode in MODES:
             ps = [p for p in points if p["concurrency"] == c and p["mode"] == mode]
-            row: dict[str, Any] = {"concurrency": c, "mode": mode, "rounds": len(ps)}
-            for key in ("inferences_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request"):
-                values = [p[key] for p in ps if p.get(key) is not None]
-                row[key] = round(statistics.median(values), 3) if values else None
-            for key in ("shadow_compared", "shadow_dropped", "error_count"):
-                row[key] = sum(p.get(key, 0) for p in ps)
+            row: dict[str, Any] = {"concurrency": c, "mode": mode, **median_of(ps)}
+            for key in ("shadow_compared", "shadow_dropped"):
+                row[key] = sum(p[key] for p in ps)
             rows.append(row)
     return rows
 
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     path = report.write_json(doc, args.out, f"shadow-{stamp}", "latest-shadow")
     print(table(doc))
     print(f"results: {path}")
-    errors = sum(r["error_count"] for r in doc["summary"])
+    errors = sum(r.get("error_count", 0) + ("error" in r) for r in doc["summary"])
     return 0 if errors == 0 else 1
 
 

@@ -227,10 +227,12 @@ class ModelRegistry:
             route = self._routes[name] = Route(shadow=self._settings.shadows.get(name))
         return route
 
+    def _ready(self, name: str) -> dict[int, LoadedModel]:
+        """The model's ready versions by number."""
+        return {v: mv.model for v, mv in self.versions(name).items() if mv.ready and mv.model}
+
     def _update_serving(self, name: str) -> None:
-        ready = {
-            v: mv.model for v, mv in self._models.get(name, {}).items() if mv.ready and mv.model
-        }
+        ready = self._ready(name)
         route = self._route(name)
         serving = route.serving(ready)
         if serving is None:
@@ -333,7 +335,7 @@ class ModelRegistry:
             self._update_serving(name)
             return self.route(name)
         mv = self.record(name, version)
-        ready = {v: r.model for v, r in self.versions(name).items() if r.ready and r.model}
+        ready = self._ready(name)
         if mv.version not in ready:
             raise FailedPrecondition(
                 f"model {name!r} version {mv.version} is {mv.state.value}; only a ready "

@@ -87,8 +87,6 @@ class ShadowComparison:
 
     def __init__(self, metrics: Metrics, model: str, version: int, shadow: int) -> None:
         labels = (model, str(version), str(shadow))
-        self._labels = labels
-        self._metrics = metrics
         self._rows = metrics.shadow_rows.labels(*labels)
         self._agreeing = metrics.shadow_agreeing_rows.labels(*labels)
         self._difference = metrics.shadow_score_difference.labels(*labels)
@@ -99,7 +97,7 @@ class ShadowComparison:
         self.compared_rows = 0
 
     def add(self, served: np.ndarray, shadowed: np.ndarray) -> None:
-        """One request's scores from both versions, shape (rows, classes)."""
+        """Rows answered by both versions: their scores, shape (rows, classes)."""
         rows = served.shape[0]
         served2 = served.reshape(rows, -1).astype(np.float64, copy=False)
         shadowed2 = shadowed.reshape(rows, -1).astype(np.float64, copy=False)
@@ -107,15 +105,14 @@ class ShadowComparison:
         diff = np.abs(served2 - shadowed2).max(axis=1)
         self._rows.inc(rows)
         self._agreeing.inc(int(agree.sum()))
-        for value in diff.tolist():
+        for value in diff.tolist():  # prometheus_client has no bulk observe
             self._difference.observe(value)
         self.compared_rows += rows
-        for start in range(0, rows, WINDOW_ROWS):  # rows <= max_batch_size: one pass
-            a, d = agree[start : start + WINDOW_ROWS], diff[start : start + WINDOW_ROWS]
-            idx = (self._next + np.arange(len(a))) % WINDOW_ROWS
-            self._agree[idx], self._diff[idx] = a, d
-            self._next = int((self._next + len(a)) % WINDOW_ROWS)
-            self._filled = min(WINDOW_ROWS, self._filled + len(a))
+        agree, diff = agree[-WINDOW_ROWS:], diff[-WINDOW_ROWS:]  # the window keeps the last
+        idx = (self._next + np.arange(len(agree))) % WINDOW_ROWS
+        self._agree[idx], self._diff[idx] = agree, diff
+        self._next = int((self._next + len(agree)) % WINDOW_ROWS)
+        self._filled = min(WINDOW_ROWS, self._filled + len(agree))
 
     def window(self) -> tuple[int, float, float, float]:
         """(rows, agreement, max, p99 of the per-row largest difference) over the window."""

@@ -315,11 +315,12 @@ def missing_response_runs() -> list[tuple[list[str], int, int]]:
 def test_explanation_points_at_the_unmatched_request(server: RunningServer) -> None:
     cases = missing_response_runs()
     response = sequence(server, [events for events, _, _ in cases], explain=True, explain_top_k=3)
-    anomalous = flagged = top1 = top3 = recency = 0
+    anomalous = flagged = top1 = top3 = recency = recency3 = 0
     for (events, request, position), result in zip(cases, response.results, strict=True):
         anomalous += result.label == "anomalous"
         found = [e for e in result.explanations if e.position == position]
         recency += position - 1 == request  # what "the previous event" would say
+        recency3 += position - request <= 3  # what "the 3 events before" would say
         if not found:
             continue
         flagged += 1
@@ -332,18 +333,22 @@ def test_explanation_points_at_the_unmatched_request(server: RunningServer) -> N
     n = len(cases)
     print(
         f"{n} runs: anomalous {anomalous}, flagged {flagged}, top-1 {top1}, top-3 {top3}, "
-        f"previous event {recency}"
+        f"previous event {recency}, 3 events before {recency3}"
     )
-    # Measured (recipe defaults, seed 7, 13 epochs), 32 runs: on an Intel Xeon 32
-    # anomalous and flagged, top-1 18, top-3 29; on an AMD EPYC (the same seed trains a
-    # slightly different model there: other float kernels) 30 anomalous, 29 flagged,
-    # top-1 19, top-3 25, the event before 4. The claim in docs/explanations.md: top-1 in
-    # most runs, far more often than the event before; the other bounds leave room for
-    # the spread between CPUs.
-    assert anomalous >= 0.85 * n
-    assert flagged >= 0.85 * n
+    # Measured (recipe defaults, seed 7, 13 epochs), 32 runs, of which the unmatched
+    # request is the event before the flagged one in 4 and among the 3 before in 16:
+    # Intel Xeon 32 anomalous, 32 flagged, top-1 18, top-3 29; AMD EPYC 30, 29, 19, 25
+    # (the same seed trains a slightly different model there: other float kernels);
+    # AMD with CPU-independent numerics (ATEN_CPU_CAPABILITY=default,
+    # MKL_CBWR=COMPATIBLE, ONEDNN_MAX_CPU_ISA=SSE41) 32, 32, 17, 22. The claim in
+    # docs/explanations.md: top-1 in most runs, far more often than the event before;
+    # top-3 is held against its own baseline, the 3 events before (as the docs' table
+    # does), since an absolute share of 0.8 held for the first model only. (The third
+    # model, 22 < 1.5 x 16, would not pass it: the test trains with the defaults.)
+    assert anomalous >= 0.9 * n
+    assert flagged >= 0.9 * n
     assert top1 > 0.5 * n
-    assert top3 >= 0.7 * n
+    assert top3 >= 1.5 * recency3
     assert top1 >= 3 * recency
 
 
